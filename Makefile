@@ -1,0 +1,38 @@
+# natix-miner — the two quick-start targets work on a fresh machine (they create .venv first).
+#   make dry-run   miner (--mock, embedded CPU profile) + local mock chain + mock validator on loopback
+#   make test      the test suite, offline
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.natix-installed
+CHALLENGES ?= 60
+export HF_HUB_OFFLINE ?= 1
+export YOLO_OFFLINE ?= 1
+
+.PHONY: venv dry-run test test-fast wire-venv bench clean-venv
+
+$(STAMP): pyproject.toml
+	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+dry-run: venv
+	$(VPY) scripts/dry_run.py --challenges $(CHALLENGES) --report reports/dry_run.json
+
+test: venv
+	$(VPY) -m pytest
+
+test-fast: venv
+	$(VPY) -m pytest -m "not wire and not slow"
+
+wire-venv:
+	bash scripts/wire/make_venv.sh
+
+bench: venv
+	$(VPY) scripts/bench_engine.py --out reports/bench_engine.json
+
+clean-venv:
+	rm -rf $(VENV) .venv-wire

@@ -1,0 +1,29 @@
+"""The cascade engine (DESIGN §1, §4, §6).
+
+Light on purpose: importing ``natix_miner.engine`` loads nothing heavy. ``CascadeEngine`` and
+``Deadline`` are re-exported lazily::
+
+    from natix_miner.engine import CascadeEngine, Deadline
+
+Modules: ``types`` (result dataclasses), ``consensus`` (pooling, calibration, output guard),
+``deadline`` (deadlines, latency estimates), ``breaker`` (per-model circuit breaker), ``cache``
+(LRU result cache), ``batcher`` (micro-batching), ``cascade`` (the engine itself).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["CascadeEngine", "EngineError", "Deadline"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("CascadeEngine", "EngineError"):
+        from natix_miner.engine import cascade
+
+        return getattr(cascade, name)
+    if name == "Deadline":
+        from natix_miner.engine.deadline import Deadline
+
+        return Deadline
+    raise AttributeError(f"module 'natix_miner.engine' has no attribute {name!r}")

@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""Evaluate a profile in process on a labelled folder (roadwork/ and no_roadwork/ subfolders).
+
+    .venv/bin/python scripts/evaluate.py --images natix_miner/assets/samples --profile configs/lite-cpu.yaml \
+        --report reports/eval.json [--condition none|fullres|aug-2026-01] [--plots]
+
+Writes the JSON report (mcc, accuracy, n, auc, per-model metrics, latency percentiles, tier exits) and,
+with --plots, PNGs and a folder of misclassified images beside it.
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", required=True)
+    ap.add_argument("--profile", default=None, help="profile YAML (default: configs/lite-cpu.yaml)")
+    ap.add_argument("--report", required=True, help="output JSON path")
+    ap.add_argument("--condition", default="none", choices=["none", "fullres", "aug-2026-01"])
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--limit-per-class", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--plots", action="store_true", help="write PNG plots and misclassified images beside the report")
+    ap.add_argument("--allow-restricted", action="store_true")
+    ap.add_argument("--devices", default=None, help="e.g. cpu or cuda:0,cuda:1")
+    a = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from natix_miner.evaluation.evaluate import run_evaluation
+
+    report_path = Path(a.report)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    out_dir = report_path.with_suffix("") if a.plots else None
+    devices = [d.strip() for d in a.devices.split(",")] if a.devices else None
+    rep = run_evaluation(a.images, a.profile, condition=a.condition, batch_size=a.batch_size,
+                         limit_per_class=a.limit_per_class, seed=a.seed, allow_restricted=a.allow_restricted,
+                         devices=devices, out_dir=out_dir)
+    report_path.write_text(json.dumps(rep, indent=2))
+    lat = rep["latency_ms"]
+    print(f"{rep['profile_name']} on {a.images} ({a.condition}): n={rep['n']} MCC={rep['mcc']:.3f} "
+          f"accuracy={rep['accuracy']:.3f} AUC={rep['auc'] if rep['auc'] is None else round(rep['auc'], 3)} "
+          f"latency p50={lat['p50']:.1f} ms p95={lat['p95']:.1f} ms")
+    for name, m in rep["per_model"].items():
+        print(f"  {name}: MCC={m['mcc']:.3f} acc={m['accuracy']:.3f} coverage={m['coverage']:.2f}")
+    print(f"report: {report_path}" + (f", plots: {out_dir}" if out_dir else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
