@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between metagraph resyncs")
     g.add_argument("--neuron.name", dest="neuron_name", default="miner")
 
+    g.add_argument("--health.port", dest="health_port", type=int, default=int(_env("HEALTH_PORT", 0)),
+                   help="serve GET /health (200 when ready, else 503) and /stats on this port; 0 = off")
+    g.add_argument("--health.host", dest="health_host", default=_env("HEALTH_HOST", "127.0.0.1"))
+
     g = p.add_argument_group("wandb")
     g.add_argument("--wandb.off", dest="wandb_off", action="store_true", default=_env_bool("WANDB_OFF"))
     g.add_argument("--wandb.offline", dest="wandb_offline", action="store_true")
@@ -140,6 +144,8 @@ class MinerConfig:
     deadline_s: float | None = None
     sync_interval: float = 60.0
     neuron_name: str = "miner"
+    health_port: int = 0
+    health_host: str = "127.0.0.1"
     wandb_off: bool = False
     wandb_offline: bool = False
     wandb_project: str = "natix-miner"

@@ -83,6 +83,7 @@ class Miner:
         self._tmpdir: typing.Optional[tempfile.TemporaryDirectory] = None
         self._profile: typing.Any = None
         self._decode_limits: typing.Any = None
+        self._health: typing.Any = None
 
     # ------------------------------------------------------------------------------ setup
     def _make_wallet(self) -> typing.Any:
@@ -150,9 +151,42 @@ class Miner:
         logger.info(f"hotkey {hotkey} is uid {uid} on netuid {self.config.netuid} ({self.chain.network}), "
                     f"{snap.n} neurons, {sum(snap.validator_permit)} with validator permit")
 
+    def status(self) -> dict:
+        """What /health and /stats report."""
+        s = self.stats
+        out = {
+            "ready": self.ready.is_set(),
+            "uid": self.uid,
+            "hotkey": self.wallet.hotkey.ss58_address if self.wallet is not None else None,
+            "netuid": self.config.netuid,
+            "network": getattr(self.chain, "network", None),
+            "profile": getattr(self._profile, "name", None),
+            "version": __version__,
+            "uptime_s": round(time.time() - s.started_at, 1),
+            "requests": s.requests,
+            "answered": s.answered,
+            "fallbacks": s.fallbacks,
+            "decode_errors": s.decode_errors,
+            "rate_limited": s.rate_limited,
+            "last_latency_ms": round(s.last_latency_ms, 1),
+            "metagraph_block": self.snapshot.block if self.snapshot is not None else None,
+            "metagraph_age_s": round(time.time() - self.snapshot.synced_at, 1) if self.snapshot is not None else None,
+        }
+        if self.engine is not None and hasattr(self.engine, "stats"):
+            try:
+                out["engine"] = self.engine.stats()
+            except Exception as e:
+                out["engine"] = {"error": str(e)}
+        return out
+
     def setup(self) -> None:
         """Everything up to (not including) starting the axon. Raises SystemExit with a clear message."""
         from natix_miner.imaging import DecodeLimits
+
+        if self.config.health_port:
+            from natix_miner.neuron.health import HealthServer
+
+            self._health = HealthServer(self.config.health_host, self.config.health_port, self.status).start()
 
         if self.config.mock:
             from natix_miner.neuron.offline import disable_external_ip_lookup
@@ -329,6 +363,12 @@ class Miner:
                 self.engine.close()
             except Exception as e:
                 logger.warning(f"engine close: {e}")
+        if self._health is not None:
+            try:
+                self._health.stop()
+            except Exception:
+                pass
+            self._health = None
         if self.telemetry is not None:
             try:
                 self.telemetry.close()

@@ -32,7 +32,9 @@ def running(tmp_path_factory, request):
     nonval_w = make_wallet(tmp, "nonvalidator")
     stranger_w = make_wallet(tmp, "stranger")
     port = free_port()
+    hport = free_port()
     cfg = parse_config([
+        "--health.port", str(hport),
         "--mock", "--mock.validators", val_w.hotkey.ss58_address, "--mock.miners", nonval_w.hotkey.ss58_address,
         "--axon.port", str(port), "--wallet.path", str(tmp), "--wallet.name", "miner", "--wallet.hotkey", "default",
         "--profile", str(prof), "--wandb.off", "--neuron.sync_interval", "1",
@@ -40,7 +42,7 @@ def running(tmp_path_factory, request):
     miner = Miner(cfg)
     miner.setup()
     miner.start()
-    yield {"miner": miner, "val": val_w, "nonval": nonval_w, "stranger": stranger_w, "tmp": tmp}
+    yield {"miner": miner, "val": val_w, "nonval": nonval_w, "stranger": stranger_w, "tmp": tmp, "hport": hport}
     t0 = time.monotonic()
     miner.stop()
     assert time.monotonic() - t0 < 5.0, "shutdown took too long"
@@ -111,3 +113,14 @@ def test_laggard_extended_synapse_route(running):
     syn = ExtendedImageSynapse(image=_b64(Image.new("RGB", (224, 224), (230, 20, 20))), model_url="x/y")
     r = _query(running["val"], running["miner"], syn)[0]
     assert r.dendrite.status_code == 200 and r.prediction > 0.5
+
+
+def test_health_endpoint_reports_ready_and_counts(running):
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{running['hport']}/health", timeout=5) as r:
+        assert r.status == 200
+        body = json.loads(r.read())
+    assert body["ready"] is True and body["uid"] == 0 and body["profile"] == "test-fake-color"
+    assert body["answered"] >= 1 and "engine" in body
