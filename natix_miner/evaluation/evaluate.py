@@ -37,6 +37,7 @@ class EvalRecord:
     exit_reason: str
     tiers_used: list[str]
     votes: dict[str, float | None]
+    latencies: dict[str, float] | None = None  # model -> ms
     level: int | None = None
 
 
@@ -69,13 +70,19 @@ def prepare_image(path: Path, condition: str, rng: np.random.Generator):
 
 
 def run_evaluation(images_dir: str | Path, profile_path: str | Path | None, *, condition: str = "none",
+                   records_out: list | None = None,
                    batch_size: int = 8, limit_per_class: int | None = None, seed: int = 0,
                    allow_restricted: bool = False, devices: list[str] | None = None,
                    out_dir: str | Path | None = None, engine=None) -> dict:
     from natix_miner.engine.cascade import CascadeEngine
     from natix_miner.profile import load_profile
 
-    profile = engine.profile if engine is not None else load_profile(profile_path)
+    if engine is not None:
+        profile = engine.profile
+    elif hasattr(profile_path, "tiers"):  # an already loaded (possibly modified) Profile
+        profile = profile_path
+    else:
+        profile = load_profile(profile_path)
     items: list[LabelledImage] = list_labelled(images_dir, limit_per_class)
     rng = np.random.default_rng(seed)
     own_engine = engine is None
@@ -94,11 +101,14 @@ def run_evaluation(images_dir: str | Path, profile_path: str | Path | None, *, c
                 records.append(EvalRecord(
                     path=str(it.path), label=it.label, prediction=float(r.prediction), raw_p=r.raw_p,
                     latency_ms=float(r.latency_ms), exit_reason=r.exit_reason, tiers_used=list(r.tiers_used),
-                    votes={v.model: v.p for v in r.votes}, level=level))
+                    votes={v.model: v.p for v in r.votes},
+                    latencies={v.model: v.latency_ms for v in r.votes}, level=level))
     finally:
         if own_engine:
             engine.close()
     wall = time.monotonic() - t_start
+    if records_out is not None:
+        records_out.extend(records)
     report = summarize(records, profile_name=profile.name, condition=condition, wall_s=wall)
     report["images"] = str(images_dir)
     report["profile"] = str(getattr(profile, "source", profile_path))

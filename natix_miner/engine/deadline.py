@@ -1,0 +1,122 @@
+"""Deadlines and per-model latency estimates (DESIGN §6).
+
+A :class:`Deadline` is an absolute ``time.monotonic()`` instant, so it can be handed across
+threads and queues without drifting. The axon builds one at receipt (``Deadline(t0 + budget)``);
+the engine uses it to decide whether a tier still fits and how long to wait for a model.
+
+A :class:`LatencyTracker` keeps a rolling window of a model's recent call latencies (seconds per
+``predict`` call). Its :meth:`~LatencyTracker.estimate` is what the cascade compares with the time
+left: the window's p95 once it holds ``min_samples`` samples; before that, the larger of the prior
+(the model's ``timeout_s`` from the profile, else :data:`DEFAULT_PRIOR_S`) and the slowest sample
+seen, so one slow first call is believed at once and an optimistic prior is not kept for long.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from typing import Iterable
+
+#: latency assumed for a model with no ``timeout_s`` and no measurement yet. Optimistic on
+#: purpose: an unmeasured model is tried, and a call never waits past the deadline anyway.
+DEFAULT_PRIOR_S = 0.05
+
+
+class Deadline:
+    """An absolute deadline on the ``time.monotonic()`` clock."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, at: float):
+        self.at = float(at)
+
+    @classmethod
+    def after(cls, seconds: float | None) -> "Deadline":
+        """A deadline ``seconds`` from now (None = never)."""
+        if seconds is None:
+            return cls.never()
+        return cls(time.monotonic() + float(seconds))
+
+    @classmethod
+    def never(cls) -> "Deadline":
+        return cls(math.inf)
+
+    def remaining(self) -> float:
+        """Seconds left, >= 0 (``inf`` for a deadline that never expires)."""
+        return max(0.0, self.at - time.monotonic())
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.at
+
+    def child(self, budget_s: float | None = None, *, reserve_s: float = 0.0) -> "Deadline":
+        """A sub-deadline: at most ``budget_s`` from now, and ``reserve_s`` before this one."""
+        at = self.at - max(0.0, reserve_s)
+        if budget_s is not None:
+            at = min(at, time.monotonic() + max(0.0, budget_s))
+        return Deadline(at)
+
+    @staticmethod
+    def earliest(deadlines: Iterable["Deadline"]) -> "Deadline":
+        ds = list(deadlines)
+        return min(ds, key=lambda d: d.at) if ds else Deadline.never()
+
+    def __lt__(self, other: "Deadline") -> bool:
+        return self.at < other.at
+
+    def __repr__(self) -> str:
+        r = self.at - time.monotonic()
+        return f"Deadline(in {r:.3f} s)" if math.isfinite(r) else "Deadline(never)"
+
+
+def _quantile(sorted_xs: list[float], q: float) -> float:
+    """Linear-interpolated quantile of an already sorted, non-empty list."""
+    if len(sorted_xs) == 1:
+        return sorted_xs[0]
+    pos = q * (len(sorted_xs) - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(sorted_xs) - 1)
+    frac = pos - lo
+    return sorted_xs[lo] * (1 - frac) + sorted_xs[hi] * frac
+
+
+class LatencyTracker:
+    """Rolling window of one model's call latencies (seconds). Thread-safe."""
+
+    def __init__(self, prior_s: float | None = None, *, window: int = 128, min_samples: int = 5):
+        self.prior_s = DEFAULT_PRIOR_S if prior_s is None else float(prior_s)
+        self.min_samples = max(1, int(min_samples))
+        self._xs: deque[float] = deque(maxlen=max(self.min_samples, int(window)))
+        self._lock = threading.Lock()
+        self.count = 0  # all observations ever, not only the window
+
+    def observe(self, seconds: float) -> None:
+        if seconds is None or not math.isfinite(seconds) or seconds < 0:
+            return
+        with self._lock:
+            self._xs.append(float(seconds))
+            self.count += 1
+
+    def samples(self) -> list[float]:
+        with self._lock:
+            return list(self._xs)
+
+    def quantile(self, q: float) -> float | None:
+        xs = sorted(self.samples())
+        return _quantile(xs, q) if xs else None
+
+    def p50(self) -> float | None:
+        return self.quantile(0.50)
+
+    def p95(self) -> float | None:
+        return self.quantile(0.95)
+
+    def estimate(self) -> float:
+        """Seconds one call is expected to take (p95, or the prior while samples are few)."""
+        xs = sorted(self.samples())
+        if len(xs) >= self.min_samples:
+            return _quantile(xs, 0.95)
+        if xs:
+            return max(self.prior_s, xs[-1])
+        return self.prior_s

@@ -1,0 +1,154 @@
+"""The micro-batcher on its own (the engine-level batching test is in test_cascade.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from natix_miner.engine.batcher import MicroBatcher, Pending, future_deliverer
+from natix_miner.engine.deadline import Deadline
+
+
+class Recorder:
+    def __init__(self, delay: float = 0.0, fail: bool = False):
+        self.batches: list[list[int]] = []
+        self.delay = delay
+        self.fail = fail
+        self.threads: set[str] = set()
+        self.lock = threading.Lock()
+
+    def __call__(self, batch: list[Pending]) -> None:
+        with self.lock:
+            self.batches.append([p.payload for p in batch])
+            self.threads.add(threading.current_thread().name)
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("boom")
+        for p in batch:
+            p.resolve(p.payload * 10)
+
+
+def _submit_many(b: MicroBatcher, n: int) -> list[list]:
+    out: list[list] = [[] for _ in range(n)]
+    for i in range(n):
+        b.submit(Pending(payload=i, deadline=Deadline.after(5.0), deliver=out[i].append))
+    return out
+
+
+def _wait(out: list[list], timeout: float = 3.0) -> None:
+    t0 = time.monotonic()
+    while any(not o for o in out) and time.monotonic() - t0 < timeout:
+        time.sleep(0.005)
+
+
+def test_requests_within_the_window_are_one_batch():
+    rec = Recorder()
+    b = MicroBatcher(rec, max_batch=16, max_wait_ms=100.0).start()
+    try:
+        out = _submit_many(b, 10)
+        _wait(out)
+        assert [o for o in out] == [[i * 10] for i in range(10)]
+        assert rec.batches == [list(range(10))]
+        assert b.stats()["batches"] == 1 and b.stats()["mean_batch"] == 10
+        assert all(name.startswith("batcher-flush") for name in rec.threads)
+    finally:
+        b.close()
+
+
+def test_max_batch_caps_and_max_batch_one_disables():
+    rec = Recorder()
+    b = MicroBatcher(rec, max_batch=4, max_wait_ms=100.0).start()
+    try:
+        out = _submit_many(b, 10)
+        _wait(out)
+        assert all(len(x) <= 4 for x in rec.batches) and sum(len(x) for x in rec.batches) == 10
+    finally:
+        b.close()
+    rec1 = Recorder()
+    b1 = MicroBatcher(rec1, max_batch=1, max_wait_ms=100.0).start()
+    try:
+        out = _submit_many(b1, 5)
+        _wait(out)
+        assert sorted(rec1.batches) == [[i] for i in range(5)]
+    finally:
+        b1.close()
+
+
+def test_busy_workers_make_later_requests_batch_together():
+    rec = Recorder(delay=0.15)
+    b = MicroBatcher(rec, max_batch=16, max_wait_ms=0.0, workers=1).start()
+    try:
+        first = _submit_many(b, 1)
+        time.sleep(0.03)  # the first batch is now running; these queue up meanwhile
+        rest = [[] for _ in range(6)]
+        for i in range(6):
+            b.submit(Pending(payload=100 + i, deadline=Deadline.after(5.0), deliver=rest[i].append))
+        _wait(first + rest)
+        assert rec.batches[0] == [0]
+        assert rec.batches[1] == [100 + i for i in range(6)]
+    finally:
+        b.close()
+
+
+def test_a_failing_flush_still_answers_everyone():
+    rec = Recorder(fail=True)
+    errors = []
+
+    def on_error(items, exc):
+        errors.append((len(items), str(exc)))
+        for it in items:
+            it.resolve(-1)
+
+    b = MicroBatcher(rec, max_batch=8, max_wait_ms=20.0, on_error=on_error).start()
+    try:
+        out = _submit_many(b, 3)
+        _wait(out)
+        assert out == [[-1], [-1], [-1]]
+        assert errors == [(3, "boom")]
+    finally:
+        b.close()
+
+
+def test_close_fails_queued_requests_and_later_submits():
+    started = threading.Event()
+
+    def slow(batch):
+        started.set()
+        time.sleep(0.2)
+        for p in batch:
+            p.resolve("ok")
+
+    failed = []
+
+    def on_error(items, exc):
+        failed.extend(it.payload for it in items)
+        for it in items:
+            it.resolve("closed")
+
+    b = MicroBatcher(slow, max_batch=1, max_wait_ms=0.0, workers=1, on_error=on_error).start()
+    out = _submit_many(b, 3)
+    started.wait(2.0)
+    b.close()
+    b.submit(Pending(payload=99, deadline=Deadline.after(1.0), deliver=lambda r: None))
+    _wait(out)
+    assert 99 in failed
+    assert all(o for o in out)  # nobody is left waiting
+    assert out == [["ok"], ["closed"], ["closed"]]  # queued work is not run after close
+
+
+def test_pending_resolves_once_and_future_deliverer_crosses_threads():
+    got = []
+    p = Pending(payload=1, deadline=Deadline.never(), deliver=got.append)
+    assert p.resolve("a") and not p.resolve("b")
+    assert got == ["a"] and p.done
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        deliver = future_deliverer(loop, fut)
+        threading.Thread(target=deliver, args=("x",)).start()
+        return await asyncio.wait_for(fut, 2.0)
+
+    assert asyncio.run(main()) == "x"
