@@ -355,6 +355,7 @@ class _ImageState:
     ps: list[float] = field(default_factory=list)
     ws: list[float] = field(default_factory=list)
     done: bool = False
+    result: CascadeResult | None = None
 
     def add(self, mv: ModelVote) -> None:
         self.votes.append(mv)
@@ -397,6 +398,7 @@ class CascadeEngine:
         self.requests = 0
         self.exit_reasons: Counter[str] = Counter()
         self.exits_per_tier: Counter[str] = Counter()
+        self.deduplicated = 0  # identical images in a batch answered from one computation
 
     # ------------------------------------------------------------------------------ lifecycle
     @property
@@ -667,6 +669,7 @@ class CascadeEngine:
         res = CascadeResult(prediction=pred, confidence=confidence(pred), tiers_used=list(s.tiers_used),
                             votes=list(s.votes), latency_ms=(time.monotonic() - s.req.enqueued_at) * 1000.0,
                             exit_reason=reason, raw_p=pooled)
+        s.result = res
         with self._stats_lock:
             self.exit_reasons[reason] += 1
             self.exits_per_tier[s.tiers_used[-1] if s.tiers_used else "none"] += 1
@@ -676,7 +679,33 @@ class CascadeEngine:
 
     # ------------------------------------------------------------------------------ the cascade
     def _process(self, batch: list[Pending]) -> None:
-        states = [_ImageState(r) for r in batch if not r.done]
+        # Identical images in one batch (a validator's burst of ten copies) are computed once: the
+        # first request with a key leads, the others get its result.
+        states: list[_ImageState] = []
+        leaders: dict[str, _ImageState] = {}
+        followers: list[tuple[Pending, _ImageState]] = []
+        for r in batch:
+            if r.done:
+                continue
+            if r.key is not None and r.key in leaders:
+                followers.append((r, leaders[r.key]))
+                continue
+            st = _ImageState(r)
+            states.append(st)
+            if r.key is not None:
+                leaders[r.key] = st
+        try:
+            self._run_cascade(states)
+        finally:
+            for r, lead in followers:
+                if lead.result is not None:
+                    with self._stats_lock:
+                        self.deduplicated += 1
+                    r.resolve(replace(lead.result, latency_ms=(time.monotonic() - r.enqueued_at) * 1000.0))
+                elif not r.done:
+                    r.resolve(self._fallback(r.enqueued_at, "fallback"))
+
+    def _run_cascade(self, states: list[_ImageState]) -> None:
         active = states
         for tier in self._tiers:
             if not active:
@@ -801,6 +830,7 @@ class CascadeEngine:
                 "requests": self.requests,
                 "exit_reasons": dict(self.exit_reasons),
                 "exits_per_tier": dict(self.exits_per_tier),
+                "deduplicated": self.deduplicated,
             }
         c = self.cache.stats()
         d["cache_hits"] = c["hits"]

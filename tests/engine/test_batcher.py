@@ -152,3 +152,32 @@ def test_pending_resolves_once_and_future_deliverer_crosses_threads():
         return await asyncio.wait_for(fut, 2.0)
 
     assert asyncio.run(main()) == "x"
+
+
+def test_identical_images_in_a_burst_are_computed_once():
+    """A validator's burst of ten identical copies costs one model call on one image."""
+    import asyncio
+
+    from PIL import Image
+
+    from natix_miner.engine.cascade import CascadeEngine
+    from natix_miner.profile import parse_profile
+
+    prof = parse_profile({"name": "dedup", "batching": {"max_batch": 16, "max_wait_ms": 20},
+                          "tiers": [{"name": "t", "exit_threshold": 0.9, "models": [
+                              {"name": "m", "type": "fake", "licence": "MIT", "options": {"p": 0.97}}]}]})
+    eng = CascadeEngine(prof, devices=["cpu"])
+    eng.start()
+    try:
+        img = Image.new("RGB", (32, 32), (200, 10, 10))
+
+        async def burst():
+            return await asyncio.gather(*[eng.infer(img, key="same-bytes") for _ in range(10)])
+
+        results = asyncio.run(burst())
+        adapter = eng._runners["m"].adapter
+        assert all(abs(r.prediction - results[0].prediction) < 1e-12 for r in results)
+        assert eng.stats()["deduplicated"] + eng.stats()["cache_hits"] == 9
+        assert sum(adapter.batches) == 1
+    finally:
+        eng.close()
