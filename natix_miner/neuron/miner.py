@@ -193,6 +193,9 @@ class Miner:
 
             disable_external_ip_lookup("127.0.0.1")
         self._decode_limits = DecodeLimits()
+        from natix_miner.imaging import warmup as imaging_warmup
+
+        imaging_warmup()
         if self.wallet is None:
             self.wallet = self._make_wallet()
         if self.chain is None:
