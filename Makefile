@@ -10,7 +10,7 @@ CHALLENGES ?= 60
 export HF_HUB_OFFLINE ?= 1
 export YOLO_OFFLINE ?= 1
 
-.PHONY: venv dry-run test test-fast wire-venv bench clean-venv
+.PHONY: venv dry-run test test-fast wire-venv bench soak doctor clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ wire-venv:
 
 bench: venv
 	$(VPY) scripts/bench_engine.py --out reports/bench_engine.json
+
+soak: venv
+	$(VPY) scripts/soak.py --validators 10 --minutes 5 --report reports/soak.json --png reports/soak.png
+
+doctor: venv
+	$(VPY) scripts/doctor.py
 
 clean-venv:
 	rm -rf $(VENV) .venv-wire

@@ -1,0 +1,725 @@
+"""``scripts/doctor.py``: is this machine ready to mine? A table of PASS / WARN / FAIL with fixes.
+
+Every check is a plain function that takes its inputs (a metagraph-like object, a clock, a connect
+function, a device table, ...) and returns a :class:`CheckResult`; :func:`run_doctor` gathers the
+inputs through a :class:`DoctorEnv` whose members are the only code that touches the network, the
+GPU or the Hugging Face cache, so tests swap them for fakes.
+
+Local checks (``--skip-network`` runs only these):
+
+* **wallet** — the hotkey file exists and is not readable by other users (it holds the private
+  key), ``coldkeypub.txt`` exists, and whether a private coldkey sits on the mining box.
+* **profile** — the engine profile loads.
+* **placement** — the profile's enabled models fit the GPUs (``torch.cuda``) or, CPU-only, the RAM
+  (:func:`natix_miner.devices.plan_placement`, 10 % headroom), and the memory free right now.
+* **weights** — every model's weights are a local file or in the Hugging Face cache (nothing is
+  downloaded at run time).
+* **miner port** — something accepts TCP connections on ``127.0.0.1:<axon.port>``.
+* **model card** — with ``--model-dir``, ``model_card.json`` passes the validators' historical rules
+  (PROTOCOL §4.9); otherwise a reminder.
+
+Network checks:
+
+* **registration** — the hotkey is registered on the netuid (metagraph), and does not hold a
+  validator permit with more than 40096 stake (such UIDs are never queried, PROTOCOL §2.2).
+* **axon published** — the axon IP/port on chain is set (not 0.0.0.0) and matches this machine's
+  public IP (``bittensor.utils.networking.get_external_ip``).
+* **port reachable** — a TCP connect to the published ip:port from here. Behind NAT without
+  hairpinning this can fail although the port is open from outside: a failure is a WARN.
+* **clock** — offset to NTP (SNTP query to pool.ntp.org, UDP 123), else to the HTTP ``Date`` of the
+  chain endpoint. Validators' requests carry a nanosecond nonce that the axon rejects when older
+  than 4 s + timeout (9 s): skew > 2 s is a WARN, > 13 s a FAIL.
+* **validators active** — permit holders whose ``last_update`` is within ``--active-blocks`` blocks.
+* **subnet halt** — when most active validator stake puts its weight on UID 0, validators "burn"
+  and skip the forward pass (PROTOCOL §10): WARN "subnet halted".
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import socket
+import stat
+import struct
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from natix_miner.ops.wallet_files import WalletFiles, read_hotkey_ss58
+
+PASS, WARN, FAIL, SKIP, INFO = "PASS", "WARN", "FAIL", "SKIP", "INFO"
+VPERMIT_TAO_LIMIT = 40096.0  # validators skip permit holders above this stake (PROTOCOL §2.2)
+NONCE_DELTA_S = 4.0  # bittensor axon ALLOWED_DELTA
+VALIDATOR_TIMEOUT_S = 9.0  # PROTOCOL §2.5
+CLOCK_WARN_S = 2.0
+CLOCK_FAIL_S = NONCE_DELTA_S + VALIDATOR_TIMEOUT_S
+BURN_ROW_SHARE = 0.9  # a validator "burns" when >= 90 % of its weight goes to UID 0
+BURN_STAKE_SHARE = 0.5  # the subnet is "halted" when burners hold >= half the active validator stake
+NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
+
+
+@dataclass
+class CheckResult:
+    name: str
+    status: str  # PASS | WARN | FAIL | SKIP | INFO
+    detail: str
+    fix: str = ""
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _arr(x: Any):
+    import numpy as np
+
+    if x is None:
+        return None
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _block_of(mg: Any) -> int:
+    b = _arr(getattr(mg, "block", 0))
+    return int(b.reshape(-1)[0]) if b is not None and b.size else 0
+
+
+def _stake_of(mg: Any):
+    s = getattr(mg, "S", None)
+    if s is None:
+        s = getattr(mg, "stake", None)
+    return _arr(s)
+
+
+# ---------------------------------------------------------------------------------------------- local checks
+def check_wallet(wf: WalletFiles) -> CheckResult:
+    name = "wallet"
+    create = (f"btcli wallet new_coldkey --wallet-name {wf.name} --wallet-path {wf.path} && "
+              f"btcli wallet new_hotkey --wallet-name {wf.name} --hotkey {wf.hotkey} --wallet-path {wf.path}")
+    if not wf.hotkey_file.exists():
+        return CheckResult(name, FAIL, f"hotkey file {wf.hotkey_file} not found",
+                           f"create the wallet ({create}) or pass --wallet.name/--wallet.hotkey/--wallet.path")
+    problems: list[str] = []
+    fixes: list[str] = []
+    status = PASS
+    for p in (wf.hotkey_file, wf.coldkey_file):
+        if p.exists() and p.stat().st_mode & stat.S_IROTH:
+            status = WARN
+            problems.append(f"{p} is readable by every user")
+            fixes.append(f"chmod 600 {p}")
+    ss58 = read_hotkey_ss58(wf)
+    if ss58 is None:
+        status = WARN
+        problems.append("could not read the hotkey's address (encrypted hotkey without a pub file?)")
+        fixes.append("regenerate the hotkey unencrypted: the miner must load it without a password")
+    if not wf.coldkeypub_file.exists():
+        status = WARN
+        problems.append(f"{wf.coldkeypub_file} missing")
+        fixes.append(f"btcli wallet regen_coldkeypub --wallet-name {wf.name} --wallet-path {wf.path}")
+    notes = []
+    if wf.coldkey_file.exists():
+        notes.append("a private coldkey is stored here; a mining box only needs coldkeypub.txt and the hotkey")
+    detail = f"hotkey {wf.name}/{wf.hotkey}" + (f" = {ss58}" if ss58 else "")
+    if problems:
+        detail += "; " + "; ".join(problems)
+    if notes:
+        detail += " (" + "; ".join(notes) + ")"
+    return CheckResult(name, status, detail, "; ".join(fixes))
+
+
+def check_profile(path: str | None) -> tuple[CheckResult, Any]:
+    from natix_miner.profile import DEFAULT_PROFILE, ProfileError, load_profile
+
+    try:
+        prof = load_profile(path)
+    except ProfileError as e:
+        return CheckResult("profile", FAIL, str(e), "fix the profile file or pass --profile configs/<name>.yaml"), None
+    except Exception as e:  # noqa: BLE001 - a broken install should be reported, not crash the doctor
+        return CheckResult("profile", FAIL, f"{type(e).__name__}: {e}", "check the installation (pip install -e .)"), None
+    n = len(prof.models())
+    src = path or str(DEFAULT_PROFILE)
+    return CheckResult("profile", PASS, f"{prof.name} ({src}): {n} enabled model(s), deadline {prof.deadline_s:g} s"), prof
+
+
+def check_placement(profile: Any, devices: dict[str, float], free_mb: dict[str, float] | None = None,
+                    headroom: float = 0.10) -> CheckResult:
+    """Plan the profile's enabled models on ``devices`` (total MB) and compare with the memory free now."""
+    from natix_miner.devices import PlacementError, plan_placement
+
+    name = "placement"
+    models = [(m, float(m.memory_mb)) for _, m in profile.models()]
+    if not models:
+        return CheckResult(name, FAIL, "the profile enables no model", "enable at least one model in the profile")
+    gpus = sorted(d for d in devices if d != "cpu")
+    try:
+        plan = plan_placement(models, devices, headroom)
+    except PlacementError as e:
+        return CheckResult(name, FAIL, f"GPUs: {', '.join(gpus) or 'none'}\n{e}",
+                           "run a smaller profile, disable models or add GPU memory")
+    parts = []
+    for d in sorted(devices, key=lambda x: (x == "cpu", x)):
+        names = [p.model for p in plan.placements if p.device == d]
+        if names:
+            parts.append(f"{d} ({plan.used_mb(d, measured=False):.0f} of {devices[d]:.0f} MB): {', '.join(names)}")
+    status, fix = PASS, ""
+    warns = []
+    for d, free in (free_mb or {}).items():
+        used = plan.used_mb(d, measured=False) if d in devices else 0.0
+        if used > 0 and used > free:
+            warns.append(f"{d}: planned {used:.0f} MB but only {free:.0f} MB free now")
+    if warns:
+        status = WARN
+        fix = "stop other processes using that memory (nvidia-smi / top) or run a smaller profile"
+    where = "GPU" if gpus else "CPU-only, RAM"
+    detail = f"{where}: " + "; ".join(parts) + ("; " + "; ".join(warns) if warns else "")
+    return CheckResult(name, status, detail, fix)
+
+
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+_FILE_EXT_RE = re.compile(r"\.(pt|pth|onnx|engine|plan|safetensors|bin|npz|npy|json|ya?ml|pkl|joblib|ckpt|gguf)$", re.I)
+_WEIGHT_OPTION_KEYS = ("weights", "head", "checkpoint", "path", "model_path")
+
+
+def _weight_refs(spec: Any) -> list[tuple[str, str]]:
+    refs: list[tuple[str, str]] = []
+    if isinstance(spec.model, str) and spec.model:
+        refs.append(("model", spec.model))
+    for k in _WEIGHT_OPTION_KEYS:
+        v = (spec.options or {}).get(k)
+        if isinstance(v, str) and v:
+            refs.append((f"options.{k}", v))
+    return refs
+
+
+def check_weights(profile: Any, cached_repos: set[str] | None) -> CheckResult:
+    """Every enabled model's ``model`` (and weight-like options) is a local path or a cached hub repo."""
+    name = "weights"
+    missing: list[str] = []
+    found: list[str] = []
+    repos_to_fetch: list[str] = []
+    for _, spec in profile.models():
+        for key, ref in _weight_refs(spec):
+            local = Path(profile.resolve_path(ref)).expanduser()
+            if local.exists():
+                found.append(f"{spec.name}: {local}")
+                continue
+            looks_local = ref.startswith((".", "/", "~")) or bool(_FILE_EXT_RE.search(ref)) or not _HUB_ID_RE.match(ref)
+            if looks_local:
+                missing.append(f"{spec.name}.{key}: file {ref} not found")
+            elif cached_repos is None:
+                missing.append(f"{spec.name}.{key}: {ref} (Hugging Face cache could not be read)")
+            elif ref in cached_repos:
+                found.append(f"{spec.name}: {ref} (HF cache)")
+            else:
+                missing.append(f"{spec.name}.{key}: hub repo {ref} not in the Hugging Face cache")
+                repos_to_fetch.append(ref)
+    if missing:
+        fix = "download once with internet access"
+        if repos_to_fetch:
+            fix += ": " + "; ".join(f"huggingface-cli download {r}" for r in repos_to_fetch)
+        fix += " (the miner never downloads at run time)"
+        return CheckResult(name, FAIL, "; ".join(missing), fix)
+    if not found:
+        return CheckResult(name, PASS, "no model of the profile needs weight files (packaged or built-in)")
+    return CheckResult(name, PASS, "; ".join(found))
+
+
+def check_local_listener(port: int, connect: Callable[[str, int, float], bool]) -> CheckResult:
+    for host in ("127.0.0.1", "::1"):
+        try:
+            if connect(host, port, 1.0):
+                return CheckResult("miner port", PASS, f"something accepts connections on {host}:{port}")
+        except OSError:
+            continue
+    return CheckResult("miner port", WARN, f"nothing listens on port {port} on this machine",
+                       "start the miner (pm2 start ecosystem.config.js / make run) or pass the right --axon.port")
+
+
+def check_model_card(model_dir: str | None, hotkey: str | None, model_repo: str | None = None,
+                     now: float | None = None) -> CheckResult:
+    from natix_miner.ops.model_card import CARD_FILENAME, sanitize_repo_id, validate_card
+
+    name = "model card"
+    how = ("scripts/model_card.py --model-dir DIR --name NAME --version 1.0.0 --wallet.name W --wallet.hotkey H "
+           "--push user/repo, then scripts/register.py --uid U --model-repo user/repo")
+    repo_note = ""
+    if model_repo:
+        try:
+            repo_note = f"; repo {sanitize_repo_id(model_repo)}"
+        except ValueError as e:
+            return CheckResult(name, FAIL, str(e), "use the form user/repo")
+    if not model_dir:
+        return CheckResult(name, INFO, "NATIX requires a public Hugging Face repo with a root model_card.json whose "
+                           "submitted_by is this hotkey, registered with the NATIX server (PROTOCOL §4.9)" + repo_note,
+                           how)
+    path = Path(model_dir) / CARD_FILENAME
+    if not path.exists():
+        return CheckResult(name, FAIL, f"{path} not found", how)
+    import json
+
+    try:
+        card = json.loads(path.read_text())
+    except ValueError as e:
+        return CheckResult(name, FAIL, f"{path} is not valid JSON: {e}", how)
+    errors = validate_card(card, hotkey, now=now)
+    if errors:
+        return CheckResult(name, FAIL, f"{path}: " + "; ".join(errors), how)
+    return CheckResult(name, PASS, f"{path}: {card['model_name']} {card['version']} by {card['submitted_by']}"
+                       + repo_note + "; publish it and register with scripts/register.py")
+
+
+# ---------------------------------------------------------------------------------------------- network checks
+def find_uid(mg: Any, hotkey: str) -> int | None:
+    hotkeys = list(getattr(mg, "hotkeys", []) or [])
+    try:
+        return hotkeys.index(hotkey)
+    except ValueError:
+        return None
+
+
+def check_registration(mg: Any, hotkey: str | None, netuid: int, network: str,
+                       wallet: WalletFiles | None = None) -> CheckResult:
+    name = "registration"
+    if not hotkey:
+        return CheckResult(name, SKIP, "no hotkey address (see the wallet check)")
+    uid = find_uid(mg, hotkey)
+    if uid is None:
+        w = f" --wallet-name {wallet.name} --hotkey {wallet.hotkey}" if wallet else ""
+        return CheckResult(name, FAIL, f"hotkey {hotkey} is not registered on netuid {netuid} ({network})",
+                           f"btcli subnets register --netuid {netuid}{w} --network {network} (costs TAO; try "
+                           "testnet 323 first, and check the subnet is not halted)")
+    stake = _stake_of(mg)
+    permits = _arr(getattr(mg, "validator_permit", None))
+    s = float(stake[uid]) if stake is not None and len(stake) > uid else float("nan")
+    permit = bool(permits[uid]) if permits is not None and len(permits) > uid else False
+    detail = f"uid {uid} on netuid {netuid} ({network}), stake {s:.1f}" + (", holds a validator permit" if permit else "")
+    if permit and s > VPERMIT_TAO_LIMIT:
+        return CheckResult(name, FAIL, detail + f": validators never query permit holders with stake > {VPERMIT_TAO_LIMIT:.0f}",
+                           "move stake off this hotkey (or mine from another hotkey)")
+    return CheckResult(name, PASS, detail)
+
+
+def check_axon_published(mg: Any, uid: int | None, public_ip: str | None, axon_port: int) -> CheckResult:
+    name = "axon published"
+    if uid is None:
+        return CheckResult(name, SKIP, "not registered")
+    axons = list(getattr(mg, "axons", []) or [])
+    if uid >= len(axons):
+        return CheckResult(name, FAIL, f"no axon entry for uid {uid}", "start the miner: it publishes its axon at start")
+    ax = axons[uid]
+    ip, port = str(getattr(ax, "ip", "") or ""), int(getattr(ax, "port", 0) or 0)
+    if ip in ("", "0.0.0.0", "0") or port == 0:
+        return CheckResult(name, FAIL, f"uid {uid} has no axon on chain ({ip or '-'}:{port}): validators skip it",
+                           "start the miner on a real network; it calls serve_axon at start (check its log for "
+                           "'axon published on chain')")
+    problems, fixes = [], []
+    if public_ip and ip.strip("[]") != public_ip.strip("[]"):
+        problems.append(f"published IP {ip} differs from this machine's public IP {public_ip}")
+        fixes.append("restart the miner here (it republishes), or set --axon.external_ip if the public IP lookup is wrong")
+    if port != axon_port:
+        problems.append(f"published port {port} differs from --axon.port {axon_port}")
+        fixes.append("fine only if a NAT forwards it (--axon.external_port); otherwise restart with the right port")
+    detail = f"uid {uid} serves at {ip}:{port}" + (f" (this machine: {public_ip})" if public_ip else
+                                                    " (this machine's public IP unknown)")
+    if problems:
+        return CheckResult(name, WARN, detail + "; " + "; ".join(problems), "; ".join(fixes))
+    return CheckResult(name, PASS, detail)
+
+
+def check_port_reachable(ip: str | None, port: int | None, connect: Callable[[str, int, float], bool],
+                         timeout: float = 3.0) -> CheckResult:
+    name = "port reachable"
+    if not ip or ip in ("0.0.0.0",) or not port:
+        return CheckResult(name, SKIP, "no published axon")
+    host = ip.strip("[]")
+    try:
+        ok = connect(host, int(port), timeout)
+    except OSError as e:
+        ok = False
+        err = f" ({e})"
+    else:
+        err = ""
+    if ok:
+        return CheckResult(name, PASS, f"TCP connect to {ip}:{port} succeeded")
+    return CheckResult(name, WARN, f"TCP connect to {ip}:{port} failed from this machine{err}; behind NAT without "
+                       "hairpinning this is inconclusive",
+                       f"test from another network: nc -vz {host} {port}; open the port in the firewall "
+                       f"(ufw allow {port}/tcp) and the cloud security group / router port forward")
+
+
+def check_clock(offset_fn: Callable[[], tuple[float, str]]) -> CheckResult:
+    name = "clock"
+    try:
+        offset, source = offset_fn()
+    except Exception as e:  # noqa: BLE001
+        return CheckResult(name, WARN, f"could not measure the clock offset ({type(e).__name__}: {e})",
+                           "make sure NTP runs: timedatectl status (System clock synchronized: yes)")
+    if not math.isfinite(offset):
+        return CheckResult(name, WARN, f"bad offset from {source}", "")
+    detail = f"local clock is {abs(offset):.2f} s {'behind' if offset > 0 else 'ahead of'} {source}"
+    fix = "enable NTP: sudo timedatectl set-ntp true (or install chrony)"
+    if abs(offset) > CLOCK_FAIL_S:
+        return CheckResult(name, FAIL, detail + f"; > {CLOCK_FAIL_S:.0f} s: the axon rejects validators' nonces "
+                           f"older than {NONCE_DELTA_S:.0f} s + timeout", fix)
+    if abs(offset) > CLOCK_WARN_S:
+        return CheckResult(name, WARN, detail + f"; > {CLOCK_WARN_S:.0f} s eats into the nonce window "
+                           f"({NONCE_DELTA_S:.0f} s + timeout)", fix)
+    return CheckResult(name, PASS, detail)
+
+
+def _active_permit_holders(mg: Any, max_age_blocks: int) -> tuple[list[int], list[int], int]:
+    permits = _arr(getattr(mg, "validator_permit", None))
+    last = _arr(getattr(mg, "last_update", None))
+    block = _block_of(mg)
+    if permits is None or last is None:
+        return [], [], block
+    holders = [i for i, p in enumerate(permits.tolist()) if bool(p)]
+    active = [i for i in holders if i < len(last) and block - int(last[i]) <= max_age_blocks]
+    return holders, active, block
+
+
+def check_validators_active(mg: Any, max_age_blocks: int = 1000) -> CheckResult:
+    name = "validators active"
+    holders, active, block = _active_permit_holders(mg, max_age_blocks)
+    if not holders:
+        return CheckResult(name, WARN, "no UID holds a validator permit: nobody will query miners",
+                           "check the subnet on taostats / NATIX announcements before paying for a registration")
+    if not active:
+        return CheckResult(name, WARN, f"none of {len(holders)} permit holders updated weights in the last "
+                           f"{max_age_blocks} blocks (block {block}): validators look inactive",
+                           "check the subnet's status before mining; test on testnet 323")
+    return CheckResult(name, PASS, f"{len(active)} of {len(holders)} permit holders updated within "
+                       f"{max_age_blocks} blocks (block {block})")
+
+
+def check_burn(mg: Any, max_age_blocks: int = 1000) -> CheckResult:
+    """WARN when the active validators' stake mostly sends its weight to UID 0 (the 2026-05 "burn")."""
+    name = "subnet halt"
+    import numpy as np
+
+    W = _arr(getattr(mg, "W", None))
+    if W is None or W.ndim != 2 or W.size == 0:
+        return CheckResult(name, SKIP, "weights not loaded (lite metagraph)")
+    _, active, _ = _active_permit_holders(mg, max_age_blocks)
+    stake = _stake_of(mg)
+    rows = [i for i in active if i < W.shape[0] and float(np.sum(W[i])) > 0]
+    if not rows:
+        return CheckResult(name, SKIP, "no active validator has set weights")
+    burners = [i for i in rows if float(W[i, 0]) / float(np.sum(W[i])) >= BURN_ROW_SHARE]
+    st = {i: (float(stake[i]) if stake is not None and i < len(stake) else 1.0) for i in rows}
+    total = sum(st.values())
+    share = (sum(st[i] for i in burners) / total) if total > 0 else len(burners) / len(rows)
+    detail = (f"{len(burners)} of {len(rows)} active validators ({share:.0%} of their stake) put >= "
+              f"{BURN_ROW_SHARE:.0%} of their weight on UID 0")
+    if share >= BURN_STAKE_SHARE:
+        return CheckResult(name, WARN, "subnet halted: validators burn to UID 0; " + detail,
+                           "validators skip the forward pass while halted (PROTOCOL §10): no rewards for miners. "
+                           "Watch NATIX announcements; test on testnet 323 before paying for mainnet")
+    return CheckResult(name, PASS, detail)
+
+
+# ---------------------------------------------------------------------------------------------- real probes
+def tcp_connect(host: str, port: int, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def sntp_offset(host: str = "pool.ntp.org", port: int = 123, timeout: float = 3.0,
+                clock: Callable[[], float] = time.time) -> float:
+    """Offset (server − local, seconds) from one SNTP v3 client query: ((t2 − t1) + (t3 − t4)) / 2."""
+    packet = b"\x1b" + 47 * b"\0"  # LI 0, version 3, mode 3 (client)
+    addr = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0]
+    with socket.socket(addr[0], socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        t1 = clock()
+        s.sendto(packet, addr[4])
+        data, _ = s.recvfrom(512)
+        t4 = clock()
+    if len(data) < 48:
+        raise ValueError(f"short NTP reply ({len(data)} bytes)")
+
+    def ts(off: int) -> float:
+        sec, frac = struct.unpack("!II", data[off:off + 8])
+        return sec - NTP_EPOCH_OFFSET + frac / 2**32
+
+    t2, t3 = ts(32), ts(40)
+    if t3 <= 0:
+        raise ValueError("NTP reply without a transmit time")
+    return ((t2 - t1) + (t3 - t4)) / 2.0
+
+
+def http_date_offset(url: str, timeout: float = 5.0, clock: Callable[[], float] = time.time) -> float:
+    """Offset (server − local) from an HTTP ``Date`` header (1 s resolution, so ±1 s)."""
+    import urllib.error
+    import urllib.request
+    from email.utils import parsedate_to_datetime
+
+    req = urllib.request.Request(url, method="HEAD")
+    t1 = clock()
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            date = r.headers.get("Date")
+    except urllib.error.HTTPError as e:  # any reply has a Date
+        date = e.headers.get("Date")
+    t4 = clock()
+    if not date:
+        raise ValueError(f"{url} sent no Date header")
+    server = parsedate_to_datetime(date).timestamp() + 0.5  # the header truncates to whole seconds
+    return server - (t1 + t4) / 2.0
+
+
+def _https_of(endpoint: str) -> str:
+    return re.sub(r"^ws", "http", endpoint)
+
+
+def _free_memory_mb(devices: dict[str, float]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    try:
+        import psutil
+
+        out["cpu"] = psutil.virtual_memory().available / 2**20
+    except Exception:  # noqa: BLE001
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    out["cpu"] = int(line.split()[1]) / 1024.0
+        except OSError:
+            pass
+    if any(d != "cpu" for d in devices):
+        try:
+            import torch
+
+            for d in devices:
+                if d.startswith("cuda:"):
+                    free, _total = torch.cuda.mem_get_info(int(d.split(":")[1]))
+                    out[d] = free / 2**20
+        except Exception:  # noqa: BLE001
+            pass
+    return out
+
+
+def _cached_repos() -> set[str] | None:
+    try:
+        from huggingface_hub import scan_cache_dir
+    except ImportError:
+        return None
+    try:
+        info = scan_cache_dir()
+    except Exception:  # noqa: BLE001 - CacheNotFound: an empty cache
+        return set()
+    return {r.repo_id for r in info.repos if getattr(r, "repo_type", "model") == "model"}
+
+
+def _load_metagraph(netuid: int, endpoint: str) -> Any:
+    import bittensor as bt
+
+    sub = bt.Subtensor(network=endpoint)
+    return sub.metagraph(netuid=netuid, lite=False)
+
+
+def _public_ip() -> str | None:
+    from bittensor.utils import networking
+
+    return networking.get_external_ip()
+
+
+@dataclass
+class DoctorEnv:
+    """Everything that touches the outside world; tests replace members with fakes."""
+
+    load_metagraph: Callable[[int, str], Any] = _load_metagraph
+    public_ip: Callable[[], str | None] = _public_ip
+    connect: Callable[[str, int, float], bool] = tcp_connect
+    clock_offset: Callable[[str], tuple[float, str]] | None = None  # (chain endpoint) -> (offset, source)
+    devices: Callable[[], dict[str, float]] | None = None
+    free_mb: Callable[[dict[str, float]], dict[str, float]] = _free_memory_mb
+    cached_repos: Callable[[], set[str] | None] = _cached_repos
+
+    def get_devices(self) -> dict[str, float]:
+        if self.devices is not None:
+            return self.devices()
+        from natix_miner.devices import detect_devices
+
+        return detect_devices()
+
+    def measure_clock(self, endpoint: str) -> tuple[float, str]:
+        if self.clock_offset is not None:
+            return self.clock_offset(endpoint)
+        errors = []
+        try:
+            return sntp_offset(), "NTP (pool.ntp.org)"
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"NTP: {e}")
+        url = _https_of(endpoint)
+        try:
+            return http_date_offset(url), f"the HTTP Date of {url} (±1 s)"
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"HTTP Date: {e}")
+        raise RuntimeError("; ".join(errors))
+
+
+@dataclass
+class DoctorOptions:
+    netuid: int = 72
+    network: str = "finney"
+    chain_endpoint: str | None = None
+    wallet_name: str | None = None
+    wallet_hotkey: str | None = None
+    wallet_path: str | None = None
+    axon_port: int = 8091
+    profile: str | None = None
+    skip_network: bool = False
+    model_dir: str | None = None
+    model_repo: str | None = None
+    active_blocks: int = 1000
+
+    @property
+    def endpoint(self) -> str:
+        from natix_miner.neuron.config import NETWORK_ENDPOINTS
+
+        return self.chain_endpoint or NETWORK_ENDPOINTS.get(self.network, self.network)
+
+
+def _guard(name: str, fn: Callable[[], CheckResult], status_on_error: str = FAIL) -> CheckResult:
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - one broken probe must not stop the others
+        return CheckResult(name, status_on_error, f"check crashed: {type(e).__name__}: {e}")
+
+
+def run_doctor(opts: DoctorOptions, env: DoctorEnv | None = None) -> list[CheckResult]:
+    env = env or DoctorEnv()
+    results: list[CheckResult] = []
+    wf = WalletFiles.from_args(opts.wallet_name, opts.wallet_hotkey, opts.wallet_path)
+    results.append(_guard("wallet", lambda: check_wallet(wf)))
+    hotkey = read_hotkey_ss58(wf) if wf.hotkey_file.exists() or wf.hotkeypub_file.exists() else None
+
+    prof_res, profile = check_profile(opts.profile)
+    results.append(prof_res)
+    if profile is not None:
+        def placement() -> CheckResult:
+            devs = env.get_devices()
+            return check_placement(profile, devs, env.free_mb(devs))
+
+        results.append(_guard("placement", placement))
+        results.append(_guard("weights", lambda: check_weights(profile, env.cached_repos())))
+    else:
+        results.append(CheckResult("placement", SKIP, "no profile"))
+        results.append(CheckResult("weights", SKIP, "no profile"))
+    results.append(_guard("miner port", lambda: check_local_listener(opts.axon_port, env.connect), WARN))
+    results.append(_guard("model card", lambda: check_model_card(opts.model_dir, hotkey, opts.model_repo)))
+
+    network_checks = ("registration", "axon published", "port reachable", "clock", "validators active", "subnet halt")
+    if opts.skip_network:
+        results.extend(CheckResult(n, SKIP, "--skip-network") for n in network_checks)
+        return results
+
+    try:
+        mg = env.load_metagraph(opts.netuid, opts.endpoint)
+    except Exception as e:  # noqa: BLE001
+        results.append(CheckResult("chain", FAIL, f"could not load the metagraph of netuid {opts.netuid} from "
+                                   f"{opts.endpoint}: {type(e).__name__}: {e}",
+                                   "check the network and --subtensor.network / --subtensor.chain_endpoint"))
+        for n in network_checks:
+            if n == "clock":
+                results.append(_guard("clock", lambda: check_clock(lambda: env.measure_clock(opts.endpoint)), WARN))
+            else:
+                results.append(CheckResult(n, SKIP, "no metagraph"))
+        return results
+    network = opts.network if not opts.chain_endpoint else opts.chain_endpoint
+    results.append(_guard("registration", lambda: check_registration(mg, hotkey, opts.netuid, network, wf)))
+    uid = find_uid(mg, hotkey) if hotkey else None
+    try:
+        public_ip = env.public_ip()
+    except Exception:  # noqa: BLE001
+        public_ip = None
+    results.append(_guard("axon published", lambda: check_axon_published(mg, uid, public_ip, opts.axon_port)))
+    ip = port = None
+    if uid is not None and uid < len(getattr(mg, "axons", []) or []):
+        ax = mg.axons[uid]
+        ip, port = getattr(ax, "ip", None), getattr(ax, "port", None)
+    results.append(_guard("port reachable", lambda: check_port_reachable(ip, port, env.connect), WARN))
+    results.append(_guard("clock", lambda: check_clock(lambda: env.measure_clock(opts.endpoint)), WARN))
+    results.append(_guard("validators active", lambda: check_validators_active(mg, opts.active_blocks), WARN))
+    results.append(_guard("subnet halt", lambda: check_burn(mg, opts.active_blocks), WARN))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- output
+_COLORS = {PASS: "\033[32m", WARN: "\033[33m", FAIL: "\033[31m", SKIP: "\033[90m", INFO: "\033[36m"}
+
+
+def format_table(results: list[CheckResult], color: bool = False) -> str:
+    width = max([len(r.name) for r in results] + [5])
+    lines = [f"{'status':<6}  {'check':<{width}}  detail", f"{'-' * 6}  {'-' * width}  {'-' * 40}"]
+    for r in results:
+        st = f"{_COLORS[r.status]}{r.status:<6}\033[0m" if color and r.status in _COLORS else f"{r.status:<6}"
+        detail_lines = r.detail.splitlines() or [""]
+        lines.append(f"{st}  {r.name:<{width}}  {detail_lines[0]}")
+        pad = " " * (6 + 2 + width + 2)
+        lines.extend(pad + d for d in detail_lines[1:])
+        if r.fix and r.status in (WARN, FAIL, INFO):
+            lines.append(f"{pad}fix: {r.fix}")
+    counts = {s: sum(r.status == s for r in results) for s in (PASS, WARN, FAIL, SKIP, INFO)}
+    lines.append("")
+    lines.append("  ".join(f"{k} {v}" for k, v in counts.items() if v))
+    return "\n".join(lines)
+
+
+def exit_code(results: list[CheckResult]) -> int:
+    return 1 if any(r.status == FAIL for r in results) else 0
+
+
+def build_parser():
+    import argparse
+
+    env = os.environ.get
+    p = argparse.ArgumentParser(
+        prog="scripts/doctor.py",
+        description="Check a mining setup and print PASS/WARN/FAIL with what to fix. Exit code 1 if anything FAILs. "
+                    "Takes the miner's own flags (and the same environment variables).",
+    )
+    p.add_argument("--netuid", type=int, default=int(env("NETUID") or 72))
+    p.add_argument("--subtensor.network", dest="network", default=env("SUBTENSOR_NETWORK") or "finney")
+    p.add_argument("--subtensor.chain_endpoint", dest="chain_endpoint", default=env("SUBTENSOR_CHAIN_ENDPOINT") or None)
+    p.add_argument("--wallet.name", dest="wallet_name", default=env("WALLET_NAME") or None)
+    p.add_argument("--wallet.hotkey", dest="wallet_hotkey", default=env("WALLET_HOTKEY") or None)
+    p.add_argument("--wallet.path", dest="wallet_path", default=env("WALLET_PATH") or None)
+    p.add_argument("--axon.port", dest="axon_port", type=int, default=int(env("MINER_AXON_PORT") or 8091))
+    p.add_argument("--profile", default=env("MINER_PROFILE") or None)
+    p.add_argument("--model-dir", default=None, help="folder holding model_card.json to validate")
+    p.add_argument("--model-repo", default=env("MODEL_URL") or None, help="the HF repo you registered (user/repo)")
+    p.add_argument("--active-blocks", type=int, default=1000,
+                   help="a validator counts as active when it set weights within this many blocks (12 s each)")
+    p.add_argument("--skip-network", action="store_true", help="only the local checks")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    return p
+
+
+def main(argv: list[str] | None = None, env: DoctorEnv | None = None) -> int:
+    import json
+    import sys
+
+    a = build_parser().parse_args(argv)
+    opts = DoctorOptions(netuid=a.netuid, network=a.network, chain_endpoint=a.chain_endpoint,
+                         wallet_name=a.wallet_name, wallet_hotkey=a.wallet_hotkey, wallet_path=a.wallet_path,
+                         axon_port=a.axon_port, profile=a.profile, skip_network=a.skip_network,
+                         model_dir=a.model_dir, model_repo=a.model_repo, active_blocks=a.active_blocks)
+    results = run_doctor(opts, env)
+    print(format_table(results, color=sys.stdout.isatty()))
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps({"options": asdict(opts), "results": [asdict(r) for r in results]},
+                                           indent=2))
+    return exit_code(results)
+
+
+__all__ = [
+    "CheckResult", "DoctorEnv", "DoctorOptions", "run_doctor", "format_table", "exit_code", "main",
+    "check_wallet", "check_profile", "check_placement", "check_weights", "check_local_listener", "check_model_card",
+    "check_registration", "check_axon_published", "check_port_reachable", "check_clock", "check_validators_active",
+    "check_burn", "sntp_offset", "http_date_offset", "tcp_connect",
+]
