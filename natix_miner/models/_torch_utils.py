@@ -1,0 +1,244 @@
+"""Small helpers shared by the torch-based adapter families (classifiers, detectors, open-vocab).
+
+- :func:`resolve_device` turns a profile device (``auto``/``cpu``/``cuda``/``cuda:N``) into a real one,
+- :func:`resolve_dtype` maps ``options.dtype`` (``auto``/``fp32``/``fp16``/``bf16``) to a torch dtype:
+  half precision only on CUDA, CPU always runs fp32,
+- :func:`model_source` / :func:`hf_load` load Hugging Face artefacts from a local folder or a hub id
+  that is already in the local cache (``local_files_only`` when ``HF_HUB_OFFLINE`` is set), and turn
+  every failure into an :class:`AdapterError` that says what to do,
+- :func:`size_groups` splits a batch into chunks of at most ``batch_size`` images of equal size, so a
+  batched call gives the same numbers as one-by-one calls even where a processor pads to the largest
+  image of the batch,
+- :func:`cuda_allocated` / :func:`loaded_memory_mb` measure what a load cost.
+
+torch is imported inside the functions: importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from natix_miner.models.base import AdapterError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from PIL import Image
+
+    from natix_miner.models.base import Adapter
+
+DOWNLOAD_HINT = "run scripts/download_models.py on a machine with internet to fetch it into the local cache"
+_LOCAL_SUFFIXES = (".pt", ".pth", ".engine", ".onnx", ".safetensors", ".bin", ".torchscript", ".npz")
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_offline() -> bool:
+    """True when the Hugging Face hub must not be contacted (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``)."""
+    return env_flag("HF_HUB_OFFLINE") or env_flag("TRANSFORMERS_OFFLINE")
+
+
+def resolve_device(name: str, device: str) -> str:
+    """``auto`` -> ``cuda`` when available else ``cpu``; a CUDA device without CUDA is an error."""
+    import torch
+
+    device = (device or "auto").strip()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise AdapterError(f"{name}: device {device!r} requested but CUDA is not available")
+        if ":" in device and int(device.split(":", 1)[1]) >= torch.cuda.device_count():
+            raise AdapterError(f"{name}: device {device!r} does not exist "
+                               f"({torch.cuda.device_count()} CUDA device(s) visible)")
+    elif device != "cpu":
+        raise AdapterError(f"{name}: unknown device {device!r} (use auto, cpu, cuda or cuda:N)")
+    return device
+
+
+_DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
+           "half": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16"}
+
+
+def resolve_dtype(name: str, option: Any, device: str, default_cuda: str = "fp16") -> "torch.dtype":
+    """The compute dtype: ``auto`` (default) is ``default_cuda`` on CUDA and fp32 on CPU.
+
+    Half precision on CPU is slow or unsupported for many kernels, so it is refused there with a
+    warning and fp32 is used.
+    """
+    import torch
+    from loguru import logger
+
+    key = str(option or "auto").strip().lower()
+    if key == "auto":
+        key = default_cuda if device.startswith("cuda") else "fp32"
+    if key not in _DTYPES:
+        raise AdapterError(f"{name}: options.dtype must be auto, fp32, fp16 or bf16, got {option!r}")
+    dtype = getattr(torch, _DTYPES[key])
+    if dtype != torch.float32 and not device.startswith("cuda"):
+        logger.warning("{}: dtype {} requested on {}; using fp32 (half precision only on CUDA)", name, key, device)
+        return torch.float32
+    return dtype
+
+
+def looks_like_local_path(value: str) -> bool:
+    """A local file/folder reference rather than a hub id (``org/name``)."""
+    v = value.strip()
+    return (v.startswith(("/", "./", "../", "~", "\\")) or v.lower().endswith(_LOCAL_SUFFIXES)
+            or v.count("/") > 1 or Path(v).expanduser().exists())
+
+
+def model_source(adapter: "Adapter", value: str | None = None) -> tuple[str, bool]:
+    """``(source, is_local)`` for ``value`` (default ``spec.model``), resolved against the profile.
+
+    A value that looks like a path but does not exist is an :class:`AdapterError`.
+    """
+    raw = value if value is not None else adapter.spec.model
+    if not raw:
+        raise AdapterError(f"{adapter.name}: no model given (set 'model:' to a hub id or a local folder)")
+    resolved = adapter.resolve(str(raw))
+    p = Path(resolved).expanduser()
+    if p.exists():
+        return str(p), True
+    if looks_like_local_path(str(raw)):
+        raise AdapterError(f"{adapter.name}: local model path not found: {resolved}")
+    return str(raw), False
+
+
+def hf_load(adapter: "Adapter", loader: Any, source: str, is_local: bool, what: str = "model",
+            **kwargs: Any) -> Any:
+    """``loader.from_pretrained(source, ...)`` without ever downloading when offline.
+
+    ``options.revision`` and ``options.cache_dir`` are passed through. Any failure becomes an
+    :class:`AdapterError` naming the model; for hub ids it adds how to fetch the files.
+    """
+    opts = adapter.spec.options
+    kw: dict[str, Any] = {"local_files_only": is_local or hub_offline()}
+    if not is_local:
+        if opts.get("revision"):
+            kw["revision"] = str(opts["revision"])
+        if opts.get("cache_dir"):
+            kw["cache_dir"] = adapter.resolve(str(opts["cache_dir"]))
+    kw.update(kwargs)
+    try:
+        return loader.from_pretrained(source, **kw)
+    except Exception as e:  # noqa: BLE001 - every loader failure must become an AdapterError
+        if is_local:
+            raise AdapterError(f"{adapter.name}: could not load the {what} from local folder {source}: "
+                               f"{type(e).__name__}: {e}") from e
+        offline = " (HF_HUB_OFFLINE is set)" if hub_offline() else ""
+        raise AdapterError(f"{adapter.name}: could not load the {what} for hub id {source!r}{offline}; "
+                           f"if it is not in the local Hugging Face cache, {DOWNLOAD_HINT} "
+                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+
+
+def to_rgb(image: "Image.Image") -> "Image.Image":
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def size_groups(images: Sequence["Image.Image"], batch_size: int) -> list[list[int]]:
+    """Indices of ``images`` grouped by size, each group split into chunks of ``batch_size``."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, im in enumerate(images):
+        groups.setdefault(tuple(im.size), []).append(i)
+    bs = max(1, int(batch_size))
+    return [idx[k:k + bs] for idx in groups.values() for k in range(0, len(idx), bs)]
+
+
+def chunks(n: int, batch_size: int) -> list[list[int]]:
+    bs = max(1, int(batch_size))
+    return [list(range(k, min(n, k + bs))) for k in range(0, n, bs)]
+
+
+def preprocess_kwargs(adapter: "Adapter", processor: Any, device: str) -> dict[str, Any]:
+    """``{"device": device}`` when ``options.gpu_preprocess`` is true, the device is CUDA and the (image)
+    processor is a torchvision one: resizing/normalising then runs on the GPU instead of the CPU."""
+    if not adapter.spec.options.get("gpu_preprocess") or not device.startswith("cuda"):
+        return {}
+    try:
+        from transformers.image_processing_backends import TorchvisionBackend
+    except ImportError:  # pragma: no cover - older transformers
+        return {}
+    ip = getattr(processor, "image_processor", processor)
+    return {"device": device} if isinstance(ip, TorchvisionBackend) else {}
+
+
+def move_inputs(inputs: Any, device: str, dtype: "torch.dtype") -> dict[str, Any]:
+    """Tensors of a processor output onto ``device``; floating ones cast to ``dtype``."""
+    import torch
+
+    out: dict[str, Any] = {}
+    for k, v in dict(inputs).items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(device)
+            if v.is_floating_point():
+                v = v.to(dtype)
+        out[k] = v
+    return out
+
+
+def cuda_allocated(device: str) -> int:
+    """Bytes currently allocated by torch on ``device`` (0 on CPU)."""
+    import torch
+
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return 0
+    dev = torch.device(device)
+    torch.cuda.synchronize(dev)
+    return int(torch.cuda.memory_allocated(dev))
+
+
+def module_bytes(*modules: Any) -> int:
+    """Bytes of the parameters and buffers of torch modules (None entries ignored)."""
+    total = 0
+    seen: set[int] = set()
+    for m in modules:
+        if m is None or not hasattr(m, "parameters"):
+            continue
+        for t in list(m.parameters()) + list(m.buffers()):
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
+
+
+def loaded_memory_mb(device: str, before_bytes: int, *modules: Any) -> float:
+    """Memory a load cost: the CUDA allocation delta on CUDA, parameter+buffer bytes on CPU."""
+    if device.startswith("cuda"):
+        return max(0, cuda_allocated(device) - before_bytes) / 2**20
+    return module_bytes(*modules) / 2**20
+
+
+def float_option(adapter: "Adapter", key: str, default: float, lo: float = 0.0, hi: float = 1.0) -> float:
+    v = adapter.spec.options.get(key, default)
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise AdapterError(f"{adapter.name}: options.{key} must be a number, got {v!r}") from None
+    if not lo <= f <= hi:
+        raise AdapterError(f"{adapter.name}: options.{key} must be in [{lo}, {hi}], got {v!r}")
+    return f
+
+
+def weight_map(adapter: "Adapter", value: Any, key: str) -> dict[str, float]:
+    """A ``{label: weight}`` mapping from a dict, or a list of labels (weight 1.0 each)."""
+    if isinstance(value, (list, tuple)):
+        value = {str(v): 1.0 for v in value}
+    if not isinstance(value, dict) or not value:
+        raise AdapterError(f"{adapter.name}: options.{key} must be a non-empty mapping of label -> weight "
+                           f"(or a list of labels), got {value!r}")
+    out: dict[str, float] = {}
+    for k, v in value.items():
+        try:
+            w = float(v)
+        except (TypeError, ValueError):
+            raise AdapterError(f"{adapter.name}: options.{key}[{k!r}] must be a number, got {v!r}") from None
+        if not 0.0 <= w <= 1.0:
+            raise AdapterError(f"{adapter.name}: options.{key}[{k!r}] must be in [0, 1], got {v!r}")
+        out[str(k)] = w
+    return out
+

@@ -1,0 +1,151 @@
+"""Hugging Face image classifiers (``type: hf_classifier``).
+
+Covers the official NATIX ViT (``natix-network-org/roadwork``, labels ``Roadwork`` / ``None``) and any
+fine-tuned ``AutoModelForImageClassification`` (ConvNeXtV2, DINOv2, EVA, ...), from a hub id already in
+the local cache or a local folder holding ``config.json`` + weights + ``preprocessor_config.json``.
+
+How ``p`` is formed
+    The image processor resizes/normalises each image exactly as the model was trained, the model gives
+    one logit per label, and
+
+        p = Σ_{l ∈ positive labels} softmax(logits)_l
+
+    i.e. the softmax probability of the roadwork label (summed when several labels count as roadwork,
+    e.g. ``roadwork_day`` and ``roadwork_night``). For the two-label NATIX ViT this is exactly the
+    ``Roadwork`` score of the ``image-classification`` pipeline the NATIX base miner uses. A model with a
+    single output logit, or one whose config says ``problem_type: multi_label_classification``, has
+    independent sigmoid outputs instead: ``p = max_{l ∈ positive} sigmoid(logit_l)``
+    (``options.activation`` overrides the choice).
+
+Options (``options:`` in the profile)
+    ``positive_labels``: label names that mean roadwork (case-insensitive; default: every label whose
+    lowercase name contains ``roadwork``; loading fails, listing the model's labels, when none match),
+    ``activation``: ``softmax`` | ``sigmoid`` (default: inferred as above),
+    ``dtype``: ``auto`` (fp16 on CUDA, fp32 on CPU) | ``fp32`` | ``fp16`` | ``bf16``,
+    ``revision`` / ``cache_dir``: passed to ``from_pretrained`` for hub ids,
+    ``gpu_preprocess``: resize/normalise on the GPU when the processor is a torchvision one (default false).
+
+Batches are cut into chunks of ``spec.batch_size``; the processor resizes to a fixed size, so any mix of
+image sizes and colour modes batches together (images are converted to RGB first).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+from loguru import logger
+
+from natix_miner.engine.types import Vote
+from natix_miner.models import _torch_utils as tu
+from natix_miner.models.base import Adapter, AdapterError
+from natix_miner.models.registry import register
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
+
+
+def positive_label_ids(id2label: dict[int, str], wanted: Any, name: str = "model") -> list[int]:
+    """Indices of the roadwork labels: ``wanted`` (names, case-insensitive) or every ``*roadwork*`` label."""
+    labels = {int(i): str(lbl) for i, lbl in id2label.items()}
+    if wanted:
+        if isinstance(wanted, str):
+            wanted = [wanted]
+        want = {str(w).strip().lower() for w in wanted}
+        ids = [i for i, lbl in labels.items() if lbl.strip().lower() in want]
+        missing = want - {labels[i].strip().lower() for i in ids}
+        if missing:
+            raise AdapterError(f"{name}: options.positive_labels {sorted(missing)} not among the model's "
+                               f"labels {sorted(labels.values())}")
+    else:
+        ids = [i for i, lbl in labels.items() if "roadwork" in lbl.lower()]
+    if not ids:
+        raise AdapterError(f"{name}: no roadwork label among the model's labels {sorted(labels.values())}; "
+                           "set options.positive_labels to the label(s) that mean roadwork")
+    return sorted(ids)
+
+
+@register("hf_classifier")
+class HFClassifierAdapter(Adapter):
+    requires = ("transformers",)
+
+    def __init__(self, spec, profile=None):
+        super().__init__(spec, profile)
+        self.model: Any = None
+        self.processor: Any = None
+        self.dtype = torch.float32
+        self.positive_ids: list[int] = []
+        self.id2label: dict[int, str] = {}
+        self.activation = "softmax"
+        self._pre: dict[str, Any] = {}
+
+    def load(self, device: str) -> None:
+        from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+        device = tu.resolve_device(self.name, device)
+        self.dtype = tu.resolve_dtype(self.name, self.spec.options.get("dtype"), device)
+        source, is_local = tu.model_source(self)
+        t0 = time.perf_counter()
+        before = tu.cuda_allocated(device)
+        self.processor = tu.hf_load(self, AutoImageProcessor, source, is_local, what="image processor")
+        model = tu.hf_load(self, AutoModelForImageClassification, source, is_local, what="model",
+                           dtype=self.dtype)
+        self.id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
+        self.positive_ids = positive_label_ids(self.id2label, self.spec.options.get("positive_labels"),
+                                               self.name)
+        act = self.spec.options.get("activation")
+        if act is None:
+            multi = getattr(model.config, "problem_type", None) == "multi_label_classification"
+            act = "sigmoid" if multi or model.config.num_labels == 1 else "softmax"
+        if act not in ("softmax", "sigmoid"):
+            raise AdapterError(f"{self.name}: options.activation must be softmax or sigmoid, got {act!r}")
+        self.activation = act
+        self.model = model.to(device).eval()
+        self._pre = tu.preprocess_kwargs(self, self.processor, device)
+        self.device = device
+        self.loaded = True
+        self.measured_memory_mb = tu.loaded_memory_mb(device, before, self.model)
+        logger.info("{}: {} on {} ({}, roadwork labels {}, {}) in {:.2f}s", self.name, source, device,
+                    str(self.dtype).replace("torch.", ""), [self.id2label[i] for i in self.positive_ids],
+                    self.activation, time.perf_counter() - t0)
+
+    def warmup(self) -> None:
+        from PIL import Image
+
+        self.predict([Image.new("RGB", (224, 224), (127, 127, 127)), Image.new("RGB", (1360, 800), (90, 90, 90))])
+
+    @torch.inference_mode()
+    def probabilities(self, images: "list[Image.Image]") -> torch.Tensor:
+        """Per-label probabilities (softmax or sigmoid), one row per image, on the CPU in fp32."""
+        if self.model is None:
+            raise AdapterError(f"{self.name}: predict before load")
+        rows = []
+        for idx in tu.chunks(len(images), self.spec.batch_size):
+            batch = [tu.to_rgb(images[i]) for i in idx]
+            inputs = tu.move_inputs(self.processor(images=batch, return_tensors="pt", **self._pre), self.device,
+                                    self.dtype)
+            logits = self.model(pixel_values=inputs["pixel_values"]).logits.float()
+            probs = logits.softmax(-1) if self.activation == "softmax" else logits.sigmoid()
+            rows.append(probs.cpu())
+        return torch.cat(rows) if rows else torch.zeros((0, len(self.id2label)))
+
+    def predict(self, images: "list[Image.Image]") -> list[Vote]:
+        if not images:
+            return []
+        probs = self.probabilities(images)
+        pos = probs[:, self.positive_ids]
+        p_all = pos.sum(-1) if self.activation == "softmax" else pos.max(-1).values
+        votes = []
+        for row, p in zip(probs.tolist(), p_all.tolist()):
+            top = max(range(len(row)), key=row.__getitem__)
+            votes.append(Vote(min(1.0, max(0.0, float(p))),
+                              {"top": self.id2label.get(top, str(top)), "top_p": round(row[top], 4)}))
+        return votes
+
+    def unload(self) -> None:
+        self.model = None
+        self.processor = None
+        self.loaded = False
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
