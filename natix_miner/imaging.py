@@ -67,6 +67,7 @@ import base64
 import binascii
 import hashlib
 import io
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -220,11 +221,60 @@ def decode_image_bytes(raw: bytes, limits: DecodeLimits = DecodeLimits()) -> Dec
         raise ImageDecodeError("decode_failed", f"{type(e).__name__}: {e}") from None
 
 
+# Formats whose plugin cannot import its backend. Other libraries register PIL openers lazily (ultralytics
+# adds a HEIF opener that needs pi_heif, which may be missing): such a plugin raises ImportError for every
+# input and would turn each decode into an error, so it is found once and left out afterwards.
+_BROKEN_FORMATS: set[str] = set()
+
+
 def _allowed_formats() -> list[str]:
     from PIL import Image
 
     Image.init()  # registers every plugin; cheap after the first call
-    return [f for f in Image.OPEN if f not in DENIED_FORMATS]
+    return [f for f in Image.OPEN if f not in DENIED_FORMATS and f not in _BROKEN_FORMATS]
+
+
+def _capture_open():
+    mod = sys.modules.get("PIL.Image")  # only if PIL is already imported: importing it here is not free
+    op = getattr(mod, "open", None)
+    return op if getattr(op, "__module__", None) == "PIL.Image" else None
+
+
+_ORIGINAL_OPEN = _capture_open()
+
+
+def _genuine_pil_open():
+    """PIL's own ``Image.open``, even when another library has monkey-patched it.
+
+    ultralytics replaces ``PIL.Image.open`` with a wrapper that, on an unidentified image, runs its
+    requirement checker (which may try to ``pip install pi-heif``) before retrying. A miner must never do
+    that in its request path, so decoding goes around such wrappers.
+    """
+    from PIL import Image
+
+    op = Image.open
+    if getattr(op, "__module__", None) == "PIL.Image":
+        return op
+    mod = sys.modules.get(getattr(op, "__module__", "") or "")
+    orig = getattr(mod, "_image_open", None)
+    if orig is not None and getattr(orig, "__module__", None) == "PIL.Image":
+        return orig
+    return _ORIGINAL_OPEN or op
+
+
+def _find_broken_plugins(raw: bytes, formats: list[str]) -> bool:
+    from PIL import Image
+
+    found = False
+    for f in formats:
+        try:
+            _genuine_pil_open()(io.BytesIO(raw), formats=[f])
+        except ImportError:
+            _BROKEN_FORMATS.add(f)
+            found = True
+        except Exception:
+            pass
+    return found
 
 
 def _decode_image_bytes(raw: bytes, limits: DecodeLimits) -> DecodedImage:
@@ -261,13 +311,17 @@ def _open_checked(raw: bytes, formats: list[str], limits: DecodeLimits):
     from PIL import Image, UnidentifiedImageError
 
     try:
-        im = Image.open(io.BytesIO(raw), formats=formats)
+        im = _genuine_pil_open()(io.BytesIO(raw), formats=formats)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageDecodeError("too_many_pixels", str(e)) from None
     except UnidentifiedImageError:
         raise ImageDecodeError("not_an_image", "no image format recognised") from None
     except MemoryError:
         raise
+    except ImportError:
+        if _find_broken_plugins(raw, formats):
+            return _open_checked(raw, _allowed_formats(), limits)
+        raise ImageDecodeError("decode_failed", "an image plugin could not import its backend") from None
     except Exception as e:  # a plugin recognised the header but choked on it
         reason = "truncated" if _looks_truncated(e) else "decode_failed"
         raise ImageDecodeError(reason, f"cannot open: {type(e).__name__}: {e}") from None

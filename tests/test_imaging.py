@@ -560,3 +560,52 @@ def test_warmup_runs():
     from natix_miner.imaging import warmup
 
     warmup()
+
+
+def test_a_plugin_with_a_missing_backend_is_left_out():
+    """Another library may register a PIL opener whose backend is missing (ultralytics' HEIF without pi_heif)."""
+    from PIL import Image
+
+    from natix_miner import imaging
+
+    def broken_open(fp, filename=None):
+        import pi_heif_missing_backend  # noqa: F401
+
+    Image.register_open("BROKENTEST", broken_open, lambda prefix: True)
+    try:
+        with pytest.raises(ImageDecodeError) as e:
+            decode_b64_image(base64.b64encode(b"hello, not an image").decode())
+        assert e.value.reason == "not_an_image"
+        assert "BROKENTEST" in imaging._BROKEN_FORMATS
+        ok = decode_b64_image(encode_jpeg_b64(Image.new("RGB", (16, 16))))
+        assert ok.image.size == (16, 16)
+    finally:
+        Image.OPEN.pop("BROKENTEST", None)
+        if "BROKENTEST" in Image.ID:
+            Image.ID.remove("BROKENTEST")
+        imaging._BROKEN_FORMATS.discard("BROKENTEST")
+
+
+def test_decoding_goes_around_a_monkeypatched_image_open(monkeypatch):
+    """ultralytics wraps PIL.Image.open and may try to pip-install pi-heif on unknown input: never call it."""
+    import sys
+    import types
+
+    from PIL import Image
+
+    real = Image.open
+    calls = []
+
+    def wrapper(fp, *a, **k):
+        calls.append(1)
+        return real(fp, *a, **k)
+
+    fake_mod = types.ModuleType("fake_patches")
+    fake_mod._image_open = real
+    wrapper.__module__ = "fake_patches"
+    monkeypatch.setitem(sys.modules, "fake_patches", fake_mod)
+    monkeypatch.setattr(Image, "open", wrapper)
+    with pytest.raises(ImageDecodeError):
+        decode_b64_image(base64.b64encode(b"hello, not an image").decode())
+    assert decode_b64_image(encode_jpeg_b64(Image.new("RGB", (8, 8)))).image.size == (8, 8)
+    assert calls == []

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import free_port, make_wallet
+from _helpers import free_port, make_wallet
 from natix_miner.neuron.launcher import MinerProcess
 from natix_miner.profile import REPO_ROOT
 
@@ -49,7 +49,7 @@ def miner_proc(tmp_path_factory, fake_profile_path_module):
 
 @pytest.fixture(scope="module")
 def fake_profile_path_module(tmp_path_factory):
-    from conftest import FAKE_COLOR_PROFILE
+    from _helpers import FAKE_COLOR_PROFILE
 
     p = tmp_path_factory.mktemp("prof") / "fake.yaml"
     p.write_text(FAKE_COLOR_PROFILE)

@@ -205,13 +205,18 @@ class _ModelRunner:
                             f"{job.finished_at - (job.started_at or job.submitted_at):.2f} s (result discarded); "
                             "worker free again")
 
-    def _predict_chunks(self, images: list[Any]) -> list[Any]:
+    def _predict_chunks(self, images: list[Any], limit_at: float | None = None) -> list[Any]:
         bs = max(1, self.spec.batch_size)
         out: list[Any] = []
+        # adapters that budget their own work (the VLM thinking tier) get the call's deadline
+        wants_deadline = bool(getattr(self.adapter, "accepts_deadline", False)) and limit_at is not None
         for i in range(0, len(images), bs):
             chunk = images[i:i + bs]
             t = time.monotonic()
-            votes = self.adapter.predict(chunk)
+            if wants_deadline:
+                votes = self.adapter.predict(chunk, deadline=Deadline(limit_at))
+            else:
+                votes = self.adapter.predict(chunk)
             self.latency.observe(time.monotonic() - t)
             votes = list(votes) if votes is not None else []
             if len(votes) != len(chunk):
@@ -235,8 +240,9 @@ class _ModelRunner:
             return "busy: a previous call is still running"
         n = self.n_chunks(len(images))
         per_chunk = self.spec.timeout_s if self.spec.timeout_s is not None else self.max_call_s
-        job = _Job(fn=lambda: self._predict_chunks(images), n_chunks=n,
-                   limit_s=min(per_chunk * n, timeout_cap_s if timeout_cap_s > 0 else per_chunk * n))
+        limit_s = min(per_chunk * n, timeout_cap_s if timeout_cap_s > 0 else per_chunk * n)
+        limit_at = time.monotonic() + limit_s
+        job = _Job(fn=lambda: self._predict_chunks(images, limit_at), n_chunks=n, limit_s=limit_s)
         self._worker.submit(job)
         return job
 

@@ -10,6 +10,9 @@ def main(argv: list[str] | None = None) -> int:
     from natix_miner.neuron.config import parse_config
 
     cfg = parse_config(argv)
+    # ultralytics would otherwise try to pip-install missing optional packages at run time (e.g. pi-heif
+    # on an unidentified image): a serving miner never installs or downloads anything.
+    os.environ.setdefault("YOLO_OFFLINE", "1")
     if cfg.mock:
         # a local dry run never reaches a model hub
         os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -445,3 +445,34 @@ def test_each_request_in_a_batch_keeps_its_own_deadline(grey):
         assert b.raw_p == pytest.approx(0.9)
     finally:
         eng.close()
+
+
+def test_adapters_that_accept_a_deadline_get_the_calls_limit():
+    """The VLM thinking tier sizes its token budget from the deadline the engine passes."""
+    import time
+
+    from PIL import Image
+
+    from natix_miner.engine.cascade import CascadeEngine
+    from natix_miner.engine.types import Vote
+    from natix_miner.models.fake import FakeAdapter
+    from natix_miner.profile import parse_profile
+
+    seen = []
+
+    class Budgeted(FakeAdapter):
+        accepts_deadline = True
+
+        def predict(self, images, deadline=None):
+            seen.append(deadline.remaining() if deadline is not None else None)
+            return [Vote(0.9) for _ in images]
+
+    prof = parse_profile({"name": "dl", "deadline_s": 2.0, "tiers": [{"name": "t", "exit_threshold": 0.9, "models": [
+        {"name": "b", "type": "fake", "licence": "MIT", "timeout_s": 1.5}]}]})
+    eng = CascadeEngine(prof, devices=["cpu"], adapters={"b": Budgeted(prof.tiers[0].models[0], prof)})
+    eng.start()
+    try:
+        eng.infer_batch_sync([Image.new("RGB", (8, 8))], deadline_s=2.0)
+    finally:
+        eng.close()
+    assert len(seen) == 1 and seen[0] is not None and 1.0 < seen[0] <= 1.5

@@ -8,7 +8,7 @@ import time
 import pytest
 from PIL import Image
 
-from conftest import free_port, make_wallet
+from _helpers import free_port, make_wallet
 from natix_miner.neuron.chain import LocalMockChain
 from natix_miner.neuron.config import parse_config
 from natix_miner.neuron.miner import Miner

@@ -8,7 +8,7 @@ import time
 import pytest
 from PIL import Image
 
-from conftest import free_port, make_wallet
+from _helpers import free_port, make_wallet
 from natix_miner.neuron.config import parse_config
 from natix_miner.neuron.miner import Miner
 from natix_miner.protocol import ExtendedImageSynapse, ImageSynapse
@@ -23,7 +23,7 @@ def _b64(img: Image.Image, fmt="JPEG") -> str:
 @pytest.fixture(scope="module")
 def running(tmp_path_factory, request):
     tmp = tmp_path_factory.mktemp("miner")
-    from conftest import FAKE_COLOR_PROFILE
+    from _helpers import FAKE_COLOR_PROFILE
 
     prof = tmp / "fake.yaml"
     prof.write_text(FAKE_COLOR_PROFILE)

@@ -1,6 +1,6 @@
 import pytest
 
-from conftest import make_wallet
+from _helpers import make_wallet
 from natix_miner.neuron.chain import ChainSnapshot, snapshot_from_metagraph
 from natix_miner.neuron.config import parse_config
 from natix_miner.neuron.miner import Miner

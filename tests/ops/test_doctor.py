@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from conftest import FAKE_COLOR_PROFILE, make_wallet
+from _helpers import FAKE_COLOR_PROFILE, make_wallet
 from natix_miner.ops import doctor as dr
 from natix_miner.ops.wallet_files import WalletFiles
 from natix_miner.profile import load_profile

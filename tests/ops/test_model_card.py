@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import make_wallet
+from _helpers import make_wallet
 from natix_miner.ops import model_card as mc
 
 HOTKEY = "5HpQv6veHwyFDCZKDxQfF9CWRBrf3eQcRvv1fkT2gJurkAcw"

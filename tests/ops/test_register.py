@@ -6,7 +6,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import make_wallet
+from _helpers import make_wallet
 from natix_miner.ops import register as reg
 
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import FAKE_COLOR_PROFILE
+from _helpers import FAKE_COLOR_PROFILE
 from natix_miner.ops import soak
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import free_port, make_wallet
+from _helpers import free_port, make_wallet
 from natix_miner.validator.challenges import ImageSource
 from natix_miner.validator.client import Report, query, run_mock_validator, split_host_port
 
