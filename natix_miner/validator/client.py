@@ -299,7 +299,21 @@ async def run_mock_validator_async(
     offline: bool | None = None,
     uid: int = 0,
 ) -> Report:
-    """See :func:`run_mock_validator` (this is the same, for callers already inside an event loop)."""
+    """Challenge a miner like a NATIX validator and report how it would be scored.
+
+    ``axon``: the miner's ``AxonInfo``/``Axon`` or ``"HOST:PORT"`` (or ``host=``/``port=``) plus
+    ``miner_hotkey`` (its ss58 hotkey; taken from the AxonInfo when one is given). ``source``: an
+    :class:`ImageSource` or a folder with ``roadwork/`` and ``no_roadwork/``. ``n_challenges``:
+    challenges *per condition*; ``conditions``: ``"aug-2026-01"``, ``"fullres"``, ``"both"`` or a
+    list. ``wallet``: the validator's wallet (a throwaway one in a temp dir when ``None``; the miner
+    must accept its hotkey, e.g. ``--mock.validators <ss58>``). ``burst``: concurrent identical
+    copies per challenge (10 = a miner alone in the UIDDeck). ``timeout``: 9 s like the validator.
+    ``offline``: pin the dendrite's public-IP lookup to loopback (default: when the miner is on a
+    loopback address). ``sleep_s``: pause between challenges (the validator sleeps 60 s).
+
+    This coroutine is for callers already inside an event loop; :func:`run_mock_validator` runs it in
+    its own loop.
+    """
     if source is None:
         raise ValueError("source (ImageSource or folder) is required")
     if not isinstance(source, ImageSource):
@@ -363,38 +377,6 @@ async def run_mock_validator_async(
     return build_report(records, ema_by_condition, ci, config)
 
 
-def run_mock_validator(
-    axon=None,
-    source: ImageSource | str | Path | None = None,
-    n_challenges: int = 20,
-    conditions: str | Sequence[str] = "aug-2026-01",
-    wallet=None,
-    *,
-    host: str | None = None,
-    port: int | None = None,
-    miner_hotkey: str | None = None,
-    burst: int = DEFAULT_BURST,
-    seed: int | None = None,
-    progress: bool = True,
-    sleep_s: float = 0.0,
-    timeout: float = DEFAULT_TIMEOUT_S,
-    offline: bool | None = None,
-    uid: int = 0,
-) -> Report:
-    """Challenge a miner like a NATIX validator and report how it would be scored.
-
-    ``axon``: the miner's ``AxonInfo``/``Axon`` or ``"HOST:PORT"`` (or ``host=``/``port=``) plus
-    ``miner_hotkey`` (its ss58 hotkey; taken from the AxonInfo when one is given). ``source``: an
-    :class:`ImageSource` or a folder with ``roadwork/`` and ``no_roadwork/``. ``n_challenges``:
-    challenges *per condition*; ``conditions``: ``"aug-2026-01"``, ``"fullres"``, ``"both"`` or a
-    list. ``wallet``: the validator's wallet (a throwaway one in a temp dir when ``None``; the miner
-    must accept its hotkey, e.g. ``--mock.validators <ss58>``). ``burst``: concurrent identical
-    copies per challenge (10 = a miner alone in the UIDDeck). ``timeout``: 9 s like the validator.
-    ``offline``: pin the dendrite's public-IP lookup to loopback (default: when the miner is on a
-    loopback address). ``sleep_s``: pause between challenges (the validator sleeps 60 s).
-
-    Runs its own event loop; inside a running loop use :func:`run_mock_validator_async`.
-    """
-    return asyncio.run(run_mock_validator_async(
-        axon, source, n_challenges, conditions, wallet, host=host, port=port, miner_hotkey=miner_hotkey,
-        burst=burst, seed=seed, progress=progress, sleep_s=sleep_s, timeout=timeout, offline=offline, uid=uid))
+def run_mock_validator(*args, **kwargs) -> Report:
+    """:func:`run_mock_validator_async` in its own event loop (same arguments)."""
+    return asyncio.run(run_mock_validator_async(*args, **kwargs))
