@@ -263,8 +263,6 @@ def _genuine_pil_open():
 
 
 def _find_broken_plugins(raw: bytes, formats: list[str]) -> bool:
-    from PIL import Image
-
     found = False
     for f in formats:
         try:

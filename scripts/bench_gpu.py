@@ -239,8 +239,6 @@ def _vlm(name: str) -> Callable[[bool, str, Any], Bench]:
     spec = VLM_CONFIGS[name]
 
     def build(tiny: bool, device: str, dtype: Any) -> Bench:
-        import transformers as T
-
         from natix_miner.models.vlm.engines.transformers_engine import TransformersEngine
         from natix_miner.models.vlm.prompts import yes_no_prompt
         from natix_miner.models.vlm.tiny import build_processor, tiny_config

@@ -60,11 +60,16 @@ class Adapter(ABC):
     def predict(self, images: "list[Image.Image]") -> list[Vote]:
         """One vote per image, in order."""
 
-    def warmup(self) -> None:
-        """Run a realistic dummy batch so the first real request is not slow."""
+    @staticmethod
+    def warmup_images() -> "list[Image.Image]":
+        """The two shapes validators send: a 224×224 augmented crop and a 1360×800 full frame (PROTOCOL §2.4, §10)."""
         from PIL import Image
 
-        self.predict([Image.new("RGB", (224, 224), (127, 127, 127))])
+        return [Image.new("RGB", (224, 224), (127, 127, 127)), Image.new("RGB", (1360, 800), (90, 90, 90))]
+
+    def warmup(self) -> None:
+        """Run a realistic dummy batch so the first real request is not slow."""
+        self.predict(self.warmup_images())
 
     def unload(self) -> None:
         self.loaded = False

@@ -322,9 +322,7 @@ class DepthCheckAdapter(Adapter):
         return votes
 
     def warmup(self) -> None:
-        from PIL import Image
-
-        ims = [Image.new("RGB", (1360, 800), (90, 90, 90))]
+        ims = self.warmup_images()
         self.detector.warmup()
         self.depth_maps(ims)
         self.predict(ims)

@@ -232,9 +232,7 @@ class FeatureProbeAdapter(Adapter):
         return votes
 
     def warmup(self) -> None:
-        from PIL import Image
-
-        ims = [Image.new("RGB", (224, 224), (127, 127, 127)), Image.new("RGB", (1360, 800), (90, 90, 90))]
+        ims = self.warmup_images()
         if self.head is None:
             self.features(ims)
         else:

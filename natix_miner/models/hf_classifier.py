@@ -110,11 +110,6 @@ class HFClassifierAdapter(Adapter):
                     str(self.dtype).replace("torch.", ""), [self.id2label[i] for i in self.positive_ids],
                     self.activation, time.perf_counter() - t0)
 
-    def warmup(self) -> None:
-        from PIL import Image
-
-        self.predict([Image.new("RGB", (224, 224), (127, 127, 127)), Image.new("RGB", (1360, 800), (90, 90, 90))])
-
     @torch.inference_mode()
     def probabilities(self, images: "list[Image.Image]") -> torch.Tensor:
         """Per-label probabilities (softmax or sigmoid), one row per image, on the CPU in fp32."""

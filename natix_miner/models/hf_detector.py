@@ -142,11 +142,6 @@ class HFDetectorAdapter(Adapter):
                     type(model).__name__, device, str(self.dtype).replace("torch.", ""),
                     time.perf_counter() - t0, sorted(self.class_map))
 
-    def warmup(self) -> None:
-        from PIL import Image
-
-        self.predict([Image.new("RGB", (640, 640), (114, 114, 114)), Image.new("RGB", (1360, 800), (90, 90, 90))])
-
     @torch.inference_mode()
     def detections(self, images: "list[Image.Image]") -> list[list[Detection]]:
         """All detections per image above ``options.threshold`` (every class), in input order."""
@@ -275,11 +270,6 @@ class RFDETRAdapter(Adapter):
         if self.device.startswith("cuda:"):
             return torch.cuda.device(int(self.device.split(":", 1)[1]))
         return contextlib.nullcontext()
-
-    def warmup(self) -> None:
-        from PIL import Image
-
-        self.predict([Image.new("RGB", (640, 640), (114, 114, 114))])
 
     def detections(self, images: "list[Image.Image]") -> list[list[Detection]]:
         if self.model is None:

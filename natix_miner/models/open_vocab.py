@@ -290,11 +290,6 @@ class OpenVocabAdapter(Adapter):
         self.class_map = tu.weight_map(self, cmap, "class_map") if cmap is not None else dict(self.prompts)
 
     # -- inference -------------------------------------------------------------------------
-    def warmup(self) -> None:
-        from PIL import Image
-
-        self.predict([Image.new("RGB", (640, 640), (114, 114, 114)), Image.new("RGB", (1360, 800), (90, 90, 90))])
-
     @torch.inference_mode()
     def detections(self, images: "list[Image.Image]") -> list[list[Detection]]:
         """Detections per image (labels are prompts, or Florence ``<OD>`` labels), after NMS."""

@@ -178,11 +178,6 @@ class TextSegmenterAdapter(Adapter):
                                   "best_prompt": best, "best_box": per_prompt[best][1]}))
         return votes
 
-    def warmup(self) -> None:
-        from PIL import Image
-
-        self.predict([Image.new("RGB", (1360, 800), (90, 90, 90))])
-
     def unload(self) -> None:
         self.model = None
         self._text = None

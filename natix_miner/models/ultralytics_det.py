@@ -185,11 +185,6 @@ class UltralyticsAdapter(Adapter):
                                f"text encoder weights must be local ({tu.DOWNLOAD_HINT}) or pass "
                                "options.prompt_embeddings (an .npz from save_prompt_embeddings)") from e
 
-    def warmup(self) -> None:
-        from PIL import Image
-
-        self.predict([Image.new("RGB", (640, 640), (114, 114, 114)), Image.new("RGB", (1360, 800), (90, 90, 90))])
-
     def _run(self, batch: "list[Image.Image]") -> list[Any]:
         opts = self.spec.options
         kw: dict[str, Any] = dict([self._half_arg]) if self.half else {}

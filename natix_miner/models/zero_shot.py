@@ -341,11 +341,6 @@ class ZeroShotAdapter(Adapter):
                 votes.append(Vote(float(min(1.0, max(0.0, p))), ev))
         return votes
 
-    def warmup(self) -> None:
-        from PIL import Image
-
-        self.predict([Image.new("RGB", (224, 224), (127, 127, 127)), Image.new("RGB", (1360, 800), (90, 90, 90))])
-
     def unload(self) -> None:
         self.model = None
         self.text_embeds = None

@@ -449,8 +449,6 @@ def test_each_request_in_a_batch_keeps_its_own_deadline(grey):
 
 def test_adapters_that_accept_a_deadline_get_the_calls_limit():
     """The VLM thinking tier sizes its token budget from the deadline the engine passes."""
-    import time
-
     from PIL import Image
 
     from natix_miner.engine.cascade import CascadeEngine

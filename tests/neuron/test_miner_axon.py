@@ -27,7 +27,7 @@ def running(tmp_path_factory, request):
 
     prof = tmp / "fake.yaml"
     prof.write_text(FAKE_COLOR_PROFILE)
-    miner_w = make_wallet(tmp, "miner")
+    make_wallet(tmp, "miner")
     val_w = make_wallet(tmp, "validator")
     nonval_w = make_wallet(tmp, "nonvalidator")
     stranger_w = make_wallet(tmp, "stranger")
