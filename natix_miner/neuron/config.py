@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="minimum caller stake (TAO); 0 = no floor")
     g.add_argument("--blacklist.rate_limit", dest="rate_limit", type=int, default=None,
                    help="max requests per caller hotkey per minute (default 600 on a real chain, unlimited in --mock; 0 = unlimited)")
+    g.add_argument("--blacklist.max_concurrent", dest="max_concurrent", type=int,
+                   default=int(_env("BLACKLIST_MAX_CONCURRENT", 64)),
+                   help="requests in flight at once, all callers together; more are refused (403 busy); 0 = no cap")
+    g.add_argument("--blacklist.max_concurrent_per_hotkey", dest="max_concurrent_per_hotkey", type=int,
+                   default=int(_env("BLACKLIST_MAX_CONCURRENT_PER_HOTKEY", 32)),
+                   help="requests in flight from one caller (a lone miner gets bursts of 10); 0 = no cap")
     g.add_argument("--blacklist.allow_non_registered", dest="allow_non_registered", action="store_true",
                    help="accepted for compatibility with the official launcher; unregistered callers are always refused")
 
@@ -139,6 +145,8 @@ class MinerConfig:
     min_stake: float = 0.0
     allow_non_registered: bool = False
     rate_limit: int | None = None
+    max_concurrent: int = 64
+    max_concurrent_per_hotkey: int = 32
     engine_devices: str | None = None
     allow_restricted: bool = False
     deadline_s: float | None = None

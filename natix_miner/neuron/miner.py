@@ -59,6 +59,7 @@ class MinerStats:
     fallbacks: int = 0
     decode_errors: int = 0
     rate_limited: int = 0
+    busy_refused: int = 0
     last_latency_ms: float = 0.0
     started_at: float = field(default_factory=time.time)
 
@@ -77,6 +78,14 @@ class Miner:
         self.stats = MinerStats()
         self.policy = BlacklistPolicy(require_permit=config.require_permit, min_stake=config.min_stake)
         self.rate_limiter = RateLimiter(getattr(config, "rate_limit", 0) or 0)
+        # Requests in flight, so that a flood cannot queue unbounded work behind validators. The blacklist
+        # reserves a slot atomically (requests of a burst reach it before any forward starts); forward
+        # claims the reservation by (hotkey, nonce) and frees it at the end. A request refused after the
+        # blacklist (bad signature, replay) never reaches forward: its reservation expires.
+        self._inflight = 0
+        self._inflight_by: dict = {}
+        self._reserved: dict = {}  # (hotkey, nonce) -> reserved at (monotonic)
+        self._inflight_lock = threading.Lock()
         self.ready = threading.Event()
         self._stop = threading.Event()
         self._sync_thread: typing.Optional[threading.Thread] = None
@@ -168,6 +177,8 @@ class Miner:
             "fallbacks": s.fallbacks,
             "decode_errors": s.decode_errors,
             "rate_limited": s.rate_limited,
+            "busy_refused": s.busy_refused,
+            "in_flight": self._inflight,
             "last_latency_ms": round(s.last_latency_ms, 1),
             "metagraph_block": self.snapshot.block if self.snapshot is not None else None,
             "metagraph_age_s": round(time.time() - self.snapshot.synced_at, 1) if self.snapshot is not None else None,
@@ -233,11 +244,55 @@ class Miner:
             if not blacklisted and not self.rate_limiter.allow(hotkey):
                 self.stats.rate_limited += 1
                 blacklisted, reason = True, f"rate limit exceeded for {hotkey}"
+            if not blacklisted:
+                busy = self._reserve(hotkey, synapse.dendrite.nonce)
+                if busy is not None:
+                    self.stats.busy_refused += 1
+                    blacklisted, reason = True, busy
             if blacklisted:
                 logger.debug(f"blacklisted: {reason}")
             return blacklisted, reason
         except Exception as e:  # never raise inside the axon's blacklist step
             return True, f"blacklist error: {type(e).__name__}"
+
+    RESERVATION_TTL_S = 5.0
+
+    def _count(self, hotkey: typing.Optional[str], delta: int) -> None:
+        self._inflight += delta
+        if hotkey is not None:
+            n = self._inflight_by.get(hotkey, 0) + delta
+            if n > 0:
+                self._inflight_by[hotkey] = n
+            else:
+                self._inflight_by.pop(hotkey, None)
+
+    def _reserve(self, hotkey: typing.Optional[str], nonce: typing.Any) -> typing.Optional[str]:
+        """Reserve an in-flight slot for this request; a refusal reason when a cap is reached."""
+        cap, per = self.config.max_concurrent, self.config.max_concurrent_per_hotkey
+        now = time.monotonic()
+        with self._inflight_lock:
+            for key, t in list(self._reserved.items()):
+                if now - t > self.RESERVATION_TTL_S:
+                    del self._reserved[key]
+                    self._count(key[0], -1)
+            if cap and self._inflight >= cap:
+                return f"miner busy: {self._inflight} requests in flight (--blacklist.max_concurrent {cap})"
+            if per and hotkey is not None and self._inflight_by.get(hotkey, 0) >= per:
+                return f"too many requests in flight from {hotkey} (--blacklist.max_concurrent_per_hotkey {per})"
+            key = (hotkey, nonce)
+            if key not in self._reserved:
+                self._reserved[key] = now
+                self._count(hotkey, +1)
+        return None
+
+    def _claim(self, hotkey: typing.Optional[str], nonce: typing.Any) -> None:
+        with self._inflight_lock:
+            if self._reserved.pop((hotkey, nonce), None) is None:  # no reservation (expired, direct call)
+                self._count(hotkey, +1)
+
+    def _release(self, hotkey: typing.Optional[str]) -> None:
+        with self._inflight_lock:
+            self._count(hotkey, -1)
 
     def priority(self, synapse: ImageSynapse) -> float:
         try:
@@ -256,6 +311,15 @@ class Miner:
         return await self.forward(synapse)
 
     async def forward(self, synapse: ImageSynapse) -> ImageSynapse:
+        hotkey = synapse.dendrite.hotkey if synapse.dendrite is not None else None
+        nonce = synapse.dendrite.nonce if synapse.dendrite is not None else None
+        self._claim(hotkey, nonce)
+        try:
+            return await self._forward(synapse)
+        finally:
+            self._release(hotkey)
+
+    async def _forward(self, synapse: ImageSynapse) -> ImageSynapse:
         t0 = time.monotonic()
         self.stats.requests += 1
         timeout = synapse.timeout if synapse.timeout and synapse.timeout > 0 else 9.0

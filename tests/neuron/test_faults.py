@@ -131,3 +131,18 @@ def test_engine_that_hangs_is_cut_at_the_deadline(tmp_path):
         assert took < 2.0 and res[0].prediction == pytest.approx(0.4999)
     finally:
         m.stop()
+
+
+def test_inflight_reservations_expire_when_forward_never_runs(monkeypatch):
+    """A request that passes the blacklist but fails verification must not hold its slot forever."""
+    cfg = parse_config(["--mock", "--wandb.off", "--blacklist.max_concurrent", "2"])
+    m = Miner(cfg)
+    now = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    assert m._reserve("a", 1) is None and m._reserve("b", 2) is None
+    assert "busy" in m._reserve("c", 3)  # the global cap
+    m._claim("a", 1)  # forward of request 1 starts: the reservation becomes the running slot
+    m._release("a")
+    assert m._reserve("c", 3) is None  # a free slot again
+    now[0] += Miner.RESERVATION_TTL_S + 1  # request 2 never reached forward (e.g. a 401), request 3 neither
+    assert m._reserve("d", 4) is None and m._inflight == 1

@@ -124,3 +124,45 @@ def test_health_endpoint_reports_ready_and_counts(running):
         body = json.loads(r.read())
     assert body["ready"] is True and body["uid"] == 0 and body["profile"] == "test-fake-color"
     assert body["answered"] >= 1 and "engine" in body
+
+
+def test_per_hotkey_concurrency_cap_refuses_a_flood_but_serves_others(tmp_path):
+    """A flood from one caller is cut at --blacklist.max_concurrent_per_hotkey; another validator is served."""
+    prof = tmp_path / "slow.yaml"
+    prof.write_text("name: slow\ndeadline_s: 3.0\ntiers:\n  - name: t\n    exit_threshold: 0.9\n    models:\n"
+                    "      - {name: slow, type: fake, licence: MIT, options: {p: 0.9, latency_ms: 600}}\n"
+                    "batching: {max_batch: 1, max_wait_ms: 0}\ncache: {enabled: false}\n")
+    make_wallet(tmp_path, "miner")
+    flood = make_wallet(tmp_path, "flood")
+    other = make_wallet(tmp_path, "other")
+    cfg = parse_config(["--mock", "--mock.validators", f"{flood.hotkey.ss58_address},{other.hotkey.ss58_address}",
+                        "--wallet.path", str(tmp_path), "--wallet.name", "miner", "--profile", str(prof),
+                        "--wandb.off", "--axon.port", str(free_port()), "--blacklist.max_concurrent_per_hotkey", "3"])
+    m = Miner(cfg)
+    m.setup()
+    m.start()
+    try:
+        import bittensor as bt
+
+        imgs = [_b64(Image.new("RGB", (32, 32), (200, i, 0))) for i in range(8)]
+
+        async def go():
+            d1, d2 = bt.Dendrite(wallet=flood), bt.Dendrite(wallet=other)
+            try:
+                flood_task = asyncio.gather(*[d1(axons=[m.axon.info()], synapse=ImageSynapse(image=b), deserialize=False,
+                                                 timeout=9.0) for b in imgs])
+                await asyncio.sleep(0.2)
+                mine = await d2(axons=[m.axon.info()], synapse=ImageSynapse(image=imgs[0]), deserialize=False,
+                                timeout=9.0)
+                return await flood_task, mine
+            finally:
+                await d1.aclose_session()
+                await d2.aclose_session()
+
+        flood_res, mine = asyncio.run(go())
+        codes = [r[0].dendrite.status_code for r in flood_res]
+        assert codes.count(200) >= 3 and codes.count(403) >= 1, codes
+        assert mine[0].dendrite.status_code == 200 and mine[0].prediction > 0.5
+        assert m.stats.busy_refused >= 1 and m._inflight == 0
+    finally:
+        m.stop()
