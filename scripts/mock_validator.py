@@ -52,6 +52,20 @@ def print_summary(r: dict) -> None:
     print("=" * 72)
 
 
+def log_to_wandb(report, a) -> None:
+    """The replica's metrics (overall and per condition/level) as one wandb run; failures only warn."""
+    from natix_miner.telemetry import Telemetry
+
+    tel = Telemetry(enabled=True, project=a.wandb_project, entity=a.wandb_entity, mode=a.wandb_mode,
+                    run_name="mock-validator", config=dict(report.get("config", {})))
+    keys = ("n", "no_answer", "mcc", "accuracy", "auc", "reward", "ema_score", "latency_p50_ms", "latency_p99_ms")
+    tel.log_metrics({k: report.get(k) for k in keys if isinstance(report.get(k), (int, float))}, prefix="replica")
+    for group in ("per_condition", "per_level"):
+        for name, m in (report.get(group) or {}).items():
+            tel.log_metrics({k: v for k, v in m.items() if isinstance(v, (int, float))}, prefix=f"replica/{name}")
+    tel.close()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--axon", required=True, help="HOST:PORT of the miner's axon")
@@ -73,6 +87,10 @@ def main(argv=None) -> int:
                     help="skip bittensor's public-IP lookup (default: only for loopback miners)")
     ap.add_argument("--report", default=None, help="write the JSON report here")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--wandb", action="store_true", help="log the replica's metrics to wandb")
+    ap.add_argument("--wandb.mode", dest="wandb_mode", default="offline", choices=["online", "offline"])
+    ap.add_argument("--wandb.project_name", dest="wandb_project", default=os.environ.get("WANDB_PROJECT", "natix-miner"))
+    ap.add_argument("--wandb.entity", dest="wandb_entity", default=os.environ.get("WANDB_ENTITY"))
     a = ap.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -103,6 +121,8 @@ def main(argv=None) -> int:
         p = Path(a.report)
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(json.dumps(dict(report), indent=2, default=str))
+    if a.wandb:
+        log_to_wandb(report, a)
     print_summary(report)
     if a.report:
         print(f"report: {a.report}")

@@ -133,3 +133,34 @@ def test_script_writes_a_report(toy_axon, tmp_path, capsys):
     assert rep["n"] == 6 and rep["no_answer"] == 0 and list(rep["per_condition"]) == ["fullres"]
     text = capsys.readouterr().out
     assert "validator hotkey: 5" in text and "MCC / accuracy / AUC" in text
+
+
+def test_replica_metrics_go_to_wandb(monkeypatch):
+    import argparse
+    import importlib.util
+
+    from natix_miner import telemetry
+    from natix_miner.profile import REPO_ROOT
+
+    logged = []
+
+    class Recorder:
+        def __init__(self, **kw):
+            self.kw = kw
+
+        def log_metrics(self, metrics, prefix=None):
+            logged.append((prefix, dict(metrics)))
+
+        def close(self):
+            logged.append(("closed", {}))
+
+    monkeypatch.setattr(telemetry, "Telemetry", Recorder)
+    spec = importlib.util.spec_from_file_location("mv", REPO_ROOT / "scripts" / "mock_validator.py")
+    mv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mv)
+    report = {"n": 20, "no_answer": 0, "mcc": 0.5, "accuracy": 0.75, "reward": 0.3, "config": {},
+              "per_condition": {"fullres": {"n": 10, "mcc": 0.4}}, "per_level": {"0": {"n": 5, "accuracy": 1.0}}}
+    mv.log_to_wandb(report, argparse.Namespace(wandb_project="p", wandb_entity=None, wandb_mode="offline"))
+    assert ("replica", {"n": 20, "no_answer": 0, "mcc": 0.5, "accuracy": 0.75, "reward": 0.3}) in logged
+    assert ("replica/fullres", {"n": 10, "mcc": 0.4}) in logged and ("replica/0", {"n": 5, "accuracy": 1.0}) in logged
+    assert logged[-1][0] == "closed"
