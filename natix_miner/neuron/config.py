@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--engine.allow_restricted", dest="allow_restricted", action="store_true",
                    default=_env_bool("ALLOW_RESTRICTED_LICENCES"),
                    help="load models whose licence is non-commercial or gated (you accept their terms)")
+    g.add_argument("--engine.no_cache", dest="no_cache", action="store_true",
+                   help="disable the result cache (load tests: every request is computed)")
     g.add_argument("--engine.deadline_s", dest="deadline_s", type=float, default=None,
                    help="answer within this many seconds of receipt (default: the profile's deadline_s)")
 
@@ -150,6 +152,7 @@ class MinerConfig:
     engine_devices: str | None = None
     allow_restricted: bool = False
     deadline_s: float | None = None
+    no_cache: bool = False
     sync_interval: float = 60.0
     neuron_name: str = "miner"
     health_port: int = 0

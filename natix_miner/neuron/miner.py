@@ -139,6 +139,8 @@ class Miner:
         self._profile = load_profile(self.config.profile)
         if self.config.deadline_s is not None:
             self._profile.deadline_s = self.config.deadline_s
+        if self.config.no_cache:
+            self._profile.cache.enabled = False
         return CascadeEngine(self._profile, allow_restricted=self.config.allow_restricted,
                              devices=self.config.devices())
 

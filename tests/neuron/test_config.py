@@ -35,3 +35,12 @@ def test_help_is_fast_and_imports_no_heavy_library():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert "--mock.validators" in out.stdout
     assert "HEAVY []" in out.stdout, out.stdout[-500:]
+
+
+def test_engine_flags_reach_the_profile(fake_profile_path):
+    from natix_miner.neuron.miner import Miner
+
+    cfg = parse_config(["--profile", str(fake_profile_path), "--engine.no_cache", "--engine.deadline_s", "2.5"])
+    m = Miner(cfg)
+    engine = m._make_engine()
+    assert engine.profile.cache.enabled is False and engine.profile.deadline_s == 2.5
