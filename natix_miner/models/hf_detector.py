@@ -107,8 +107,24 @@ def post_processed_to_detections(result: Mapping[str, Any], id2label: Mapping[in
             for s, lbl, b in zip(scores, labels, boxes)]
 
 
+class _DetectionVoter(Adapter):
+    """``predict`` = noisy-OR over ``self.detections(images)`` mapped through ``self.class_map``."""
+
+    class_map: dict[str, float]
+
+    def detections(self, images: "list[Image.Image]") -> list[list[Detection]]:
+        raise NotImplementedError
+
+    def predict(self, images: "list[Image.Image]") -> list[Vote]:
+        if not images:
+            return []
+        return votes_from_detections(self.detections(images), self.class_map,
+                                     tu.float_option(self, "threshold", DEFAULT_THRESHOLD),
+                                     tu.float_option(self, "prior", 0.02))
+
+
 @register("hf_detector")
-class HFDetectorAdapter(Adapter):
+class HFDetectorAdapter(_DetectionVoter):
     requires = ("transformers",)
 
     def __init__(self, spec, profile=None):
@@ -161,13 +177,6 @@ class HFDetectorAdapter(Adapter):
             out.extend(post_processed_to_detections(r, self.id2label) for r in results)
         return out
 
-    def predict(self, images: "list[Image.Image]") -> list[Vote]:
-        if not images:
-            return []
-        return votes_from_detections(self.detections(images), self.class_map,
-                                     tu.float_option(self, "threshold", DEFAULT_THRESHOLD),
-                                     tu.float_option(self, "prior", 0.02))
-
     def unload(self) -> None:
         self.model = None
         self.processor = None
@@ -208,7 +217,7 @@ def supervision_to_detections(det: Any, class_names: Mapping[int, str]) -> list[
 
 
 @register("rfdetr")
-class RFDETRAdapter(Adapter):
+class RFDETRAdapter(_DetectionVoter):
     requires = ("rfdetr",)
 
     def __init__(self, spec, profile=None):
@@ -285,13 +294,6 @@ class RFDETRAdapter(Adapter):
                 raise AdapterError(f"{self.name}: rfdetr returned {len(res)} results for {len(batch)} images")
             out.extend(supervision_to_detections(r, self.class_names) for r in res)
         return out
-
-    def predict(self, images: "list[Image.Image]") -> list[Vote]:
-        if not images:
-            return []
-        return votes_from_detections(self.detections(images), self.class_map,
-                                     tu.float_option(self, "threshold", DEFAULT_THRESHOLD),
-                                     tu.float_option(self, "prior", 0.02))
 
     def unload(self) -> None:
         self.model = None
