@@ -9,8 +9,10 @@ image has every model's vote and latency). Steps, each on the *fit* split only:
 2. **Calibration threshold**: the decision threshold on the pooled probability that maximises MCC;
    the engine maps it to 0.5.
 3. **Exit thresholds**: coordinate search over each tier's threshold to maximise the *simulated
-   expected reward* (the validator's rolling MCC-100 / accuracy-10 reward, cubed, averaged over shuffled
-   answer sequences) with the mean simulated latency under a budget.
+   expected reward* (the validator's rolling MCC-100 / accuracy-10 reward, cubed, averaged over answer
+   streams resampled with 50/50 labels, as validators draw them) with the mean simulated latency under a
+   budget. The calibration threshold likewise maximises MCC at 50/50 prevalence, not at the labelled
+   set's own class balance.
 
 Then the before/after comparison is made on the *held-out* split, and the fitted values can be written
 into a copy of the profile.
@@ -86,16 +88,39 @@ def simulate_reward(labels, preds, window_mcc: int = 100, window_acc: int = 10) 
     return float(rewards.mean())
 
 
-def expected_reward(labels, preds, repeats: int = 20, seed: int = 0) -> float:
-    """Average of :func:`simulate_reward` over shuffled orders (validators see random order)."""
+def expected_reward(labels, preds, repeats: int = 20, seed: int = 0, length: int = 300) -> float:
+    """Mean :func:`simulate_reward` over streams drawn the way a validator draws challenges.
+
+    A validator picks the label uniformly first, then an image of that label (PROTOCOL §2.3), so each
+    stream of ``length`` answers is resampled with balanced labels from the given (often imbalanced)
+    set. Without both classes it falls back to shuffles of the set as it is.
+    """
     y = np.asarray(labels)
     p = np.asarray(preds)
     rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     vals = []
     for _ in range(repeats):
-        idx = rng.permutation(len(y))
+        if len(pos) and len(neg):
+            want = rng.random(length) < 0.5
+            idx = np.where(want, rng.choice(pos, length), rng.choice(neg, length))
+        else:
+            idx = rng.permutation(len(y))
         vals.append(simulate_reward(y[idx], p[idx]))
     return float(np.mean(vals)) if vals else 0.0
+
+
+def balanced_mcc(labels, preds) -> float:
+    """MCC at 50/50 prevalence (what a validator's stream has), from the true-positive and true-negative rates."""
+    y = np.asarray(labels, dtype=int)
+    r = np.round(np.asarray(preds, dtype=float)).astype(int)
+    if not (y == 1).any() or not (y == 0).any():
+        return 0.0
+    tpr = float(((r == 1) & (y == 1)).sum() / (y == 1).sum())
+    tnr = float(((r == 0) & (y == 0)).sum() / (y == 0).sum())
+    tp, fn, tn, fp = tpr / 2, (1 - tpr) / 2, tnr / 2, (1 - tnr) / 2
+    den = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return 0.0 if den == 0 else (tp * tn - fp * fn) / den
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,14 +161,12 @@ def fit_weights(samples: list[Sample], models: list[str], C: float = 1.0) -> tup
 
 
 def mcc_optimal_threshold(labels, probs) -> float:
-    from natix_miner.evaluation.metrics import binary_metrics
-
+    """The decision threshold maximising MCC at the validator's 50/50 label balance."""
     p = np.asarray(probs, dtype=float)
     cands = np.unique(np.clip(np.concatenate([p, [0.5]]), 0.01, 0.99))
     best_t, best = 0.5, -2.0
     for t in cands:
-        shifted = [remap(x, float(t)) for x in p]
-        m = binary_metrics(labels, shifted)["mcc_raw"]
+        m = balanced_mcc(labels, [remap(x, float(t)) for x in p])
         if m > best + 1e-12 or (abs(m - best) <= 1e-12 and abs(t - 0.5) < abs(best_t - 0.5)):
             best, best_t = m, float(t)
     return best_t
@@ -195,7 +218,7 @@ def fit_exit_thresholds(samples: list[Sample], tiers: list[list[str]], params: C
         preds, lats, _ = simulate_cascade(samples, tiers, p)
         if latency_budget_ms is not None and float(np.mean(lats)) > latency_budget_ms:
             return -1.0
-        return expected_reward(labels, preds, repeats=5, seed=seed)
+        return expected_reward(labels, preds, repeats=5, seed=seed, length=200)
 
     best_score = score(best)
     for _ in range(rounds):
@@ -216,7 +239,8 @@ def evaluate_params(samples: list[Sample], tiers: list[list[str]], params: Casca
     preds, lats, exits = simulate_cascade(samples, tiers, params)
     labels = [s.label for s in samples]
     m = binary_metrics(labels, preds)
-    return {"n": m["n"], "mcc": m["mcc"], "accuracy": m["accuracy"], "auc": m["auc"],
+    return {"n": m["n"], "mcc": m["mcc"], "balanced_mcc": balanced_mcc(labels, preds), "accuracy": m["accuracy"],
+            "auc": m["auc"],
             "expected_reward": expected_reward(labels, preds, seed=seed),
             "mean_latency_ms": float(np.mean(lats)) if lats else 0.0,
             "exit_rates": {str(i): exits.count(i) / max(1, len(exits)) for i in range(len(tiers))}}

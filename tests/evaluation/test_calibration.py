@@ -72,3 +72,13 @@ def test_latency_budget_is_respected():
     params.exit_thresholds = th
     _, lats, _ = cal.simulate_cascade(samples, tiers, params)
     assert np.mean(lats) <= 30.0
+
+
+def test_reward_is_simulated_at_the_validators_50_50_balance():
+    """Validators draw the label first (50/50): a model that always says 'no' on a 90/10 set earns ~0.25^3."""
+    y = [1] * 10 + [0] * 90
+    always_no = [0.1] * 100
+    assert cal.simulate_reward(y, always_no) > 0.09  # the set as it is: accuracy ~0.9 -> (0.45)^3
+    assert cal.expected_reward(y, always_no) == pytest.approx(0.25 ** 3, abs=0.01)
+    assert cal.balanced_mcc(y, always_no) == 0.0
+    assert cal.balanced_mcc([0, 1, 1, 1], [0.1, 0.9, 0.9, 0.9]) == pytest.approx(1.0)
