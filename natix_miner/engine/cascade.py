@@ -370,6 +370,17 @@ class _ImageState:
             self.ws.append(mv.weight)
 
 
+def _preallocates(spec: "ModelSpec") -> bool:
+    """Engines that reserve a fraction of the GPU up front (vLLM checks at start that it is still free)."""
+    return spec.type == "vlm" and str((spec.options or {}).get("engine", "")).lower() == "vllm"
+
+
+def load_order(built: list[tuple[Any, "Adapter"]]) -> list[tuple[Any, "Adapter"]]:
+    """Load order: engines that pre-allocate GPU memory first (one at a time), then everything else in
+    profile order. Tiers keep their profile order regardless; this only decides what loads first."""
+    return [b for b in built if _preallocates(b[1].spec)] + [b for b in built if not _preallocates(b[1].spec)]
+
+
 class CascadeEngine:
     """See the module docstring. Construct, :meth:`start`, then :meth:`infer` from asyncio code or
     :meth:`infer_batch_sync` from scripts; :meth:`close` at the end."""
@@ -487,7 +498,7 @@ class CascadeEngine:
         logger.info(f"placement for profile {prof.name}:\n{plan.table()}")
 
         loaded: list[tuple["TierSpec", "Adapter"]] = []
-        for tier, ad in built:
+        for tier, ad in load_order(built):
             dev = plan.device_of(ad.name)
             t0 = time.monotonic()
             try:

@@ -474,3 +474,18 @@ def test_adapters_that_accept_a_deadline_get_the_calls_limit():
     finally:
         eng.close()
     assert len(seen) == 1 and seen[0] is not None and 1.0 < seen[0] <= 1.5
+
+
+def test_vllm_engines_load_before_in_process_models():
+    """vLLM checks at start that its share of the GPU is free, so its engines load first."""
+    from types import SimpleNamespace
+
+    from natix_miner.engine.cascade import load_order
+
+    def ad(name, type_, engine=None):
+        return ("tier", SimpleNamespace(spec=SimpleNamespace(name=name, type=type_,
+                                                            options={"engine": engine} if engine else {})))
+
+    built = [ad("vit", "hf_classifier"), ad("qwen-local", "vlm", "transformers"), ad("qwen4b", "vlm", "vllm"),
+             ad("owl", "open_vocab_detector"), ad("qwen32b", "vlm", "vllm")]
+    assert [b[1].spec.name for b in load_order(built)] == ["qwen4b", "qwen32b", "vit", "qwen-local", "owl"]
