@@ -16,7 +16,6 @@ the blacklist/priority signatures, including their annotations, against real typ
 """
 
 import asyncio
-import math
 import signal
 import tempfile
 import threading
@@ -28,6 +27,7 @@ from pathlib import Path
 from loguru import logger
 
 from natix_miner import __version__
+from natix_miner.engine.consensus import finalize
 from natix_miner.neuron.blacklist import BlacklistPolicy, RateLimiter, caller_priority, check_caller
 from natix_miner.neuron.chain import ChainSnapshot
 from natix_miner.neuron.config import MinerConfig
@@ -35,21 +35,9 @@ from natix_miner.protocol import ExtendedImageSynapse, ImageSynapse
 
 # A validator waits 9 s (PROTOCOL §2.5); answer with this much left for the network and the axon.
 RESPONSE_MARGIN_S = 1.5
-FALLBACK_PREDICTION = 0.4999  # "no roadwork", never 0.5, used only when nothing else can answer
-
-
-def safe_prediction(value: typing.Any, eps: float = 1e-3) -> float:
-    """A finite float in [eps, 1-eps], never exactly 0.5; the fallback for garbage."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return FALLBACK_PREDICTION
-    if not math.isfinite(v):
-        return FALLBACK_PREDICTION
-    v = min(1.0 - eps, max(eps, v))
-    if v == 0.5:
-        v = FALLBACK_PREDICTION
-    return v
+# "no roadwork", never 0.5, only when nothing else can answer; finalize() is the engine's one rule for
+# safe wire values (finite, in [eps, 1 - eps], never exactly 0.5)
+FALLBACK_PREDICTION = finalize(None)
 
 
 @dataclass
@@ -358,7 +346,8 @@ class Miner:
             logger.warning(f"request overran its {budget:.2f} s budget; answering the fallback")
         except Exception as e:  # the miner must answer whatever happens
             logger.exception(f"forward failed: {type(e).__name__}: {e}; answering the fallback")
-        prediction = safe_prediction(prediction)
+        eps = self._profile.calibration.epsilon if self._profile is not None else 1e-3
+        prediction = finalize(prediction, eps)
         if exit_reason == "fallback":
             self.stats.fallbacks += 1
         synapse.prediction = prediction
