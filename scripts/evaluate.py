@@ -25,12 +25,16 @@ def main(argv=None) -> int:
     ap.add_argument("--condition", default="none", choices=["none", "fullres", "aug-2026-01"])
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--limit-per-class", type=int, default=None)
+    ap.add_argument("--split", default=None, metavar="FILE",
+                    help="evaluate only the images of a split: a head's provenance.json (its held-out items) "
+                         "or a text file of <folder>/<label dir>/<file> keys")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--plots", action="store_true", help="write PNG plots and misclassified images beside the report")
     ap.add_argument("--allow-restricted", action="store_true")
     ap.add_argument("--devices", default=None, help="e.g. cpu or cuda:0,cuda:1")
     a = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from natix_miner.evaluation.dataset import load_split
     from natix_miner.evaluation.evaluate import run_evaluation
 
     report_path = Path(a.report)
@@ -39,11 +43,13 @@ def main(argv=None) -> int:
     devices = [d.strip() for d in a.devices.split(",")] if a.devices else None
     rep = run_evaluation(a.images, a.profile, condition=a.condition, batch_size=a.batch_size,
                          limit_per_class=a.limit_per_class, seed=a.seed, allow_restricted=a.allow_restricted,
-                         devices=devices, out_dir=out_dir)
+                         devices=devices, out_dir=out_dir, only=load_split(a.split) if a.split else None)
+    if a.split:
+        rep["split"] = a.split
     report_path.write_text(json.dumps(rep, indent=2))
     lat = rep["latency_ms"]
     print(f"{rep['profile_name']} on {a.images} ({a.condition}): n={rep['n']} MCC={rep['mcc']:.3f} "
-          f"accuracy={rep['accuracy']:.3f} AUC={rep['auc'] if rep['auc'] is None else round(rep['auc'], 3)} "
+          f"MCC@50/50={rep.get('mcc_balanced', 0.0):.3f} accuracy={rep['accuracy']:.3f} AUC={rep['auc'] if rep['auc'] is None else round(rep['auc'], 3)} "
           f"latency p50={lat['p50']:.1f} ms p95={lat['p95']:.1f} ms")
     for name, m in rep["per_model"].items():
         print(f"  {name}: MCC={m['mcc']:.3f} acc={m['accuracy']:.3f} coverage={m['coverage']:.2f}")

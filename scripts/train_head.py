@@ -39,10 +39,15 @@ What it does, in order
 6. **Threshold.** Grouped ``--val-folds``-fold cross-validation on the development split gives
    out-of-fold probabilities; the threshold maximising the mean of MCC(full views) and MCC(crop views)
    over ``--threshold-data`` (default: all folders) is stored in the head (``meta.threshold``) and printed
-   for the profile's ``calibration.threshold`` (the engine remaps it to 0.5).
+   for the profile's ``calibration.threshold`` (the engine remaps it to 0.5). MCC is taken at the
+   validators' 50/50 label balance (``--threshold-objective balanced``, from the true-positive and
+   true-negative rates): validators draw each challenge's label 50/50, so the MCC they see is that one,
+   not the MCC at the data's own (here 1:12) balance, whose optimum is a much higher, low-recall threshold.
 7. **Report.** ``--out DIR`` gets ``head.pt``, ``provenance.json`` (sources, licences, counts, seed,
    content hashes of the file lists, args, backbone) and ``metrics.json`` (held-out and cross-validated
-   MCC / accuracy / AUC / n per source, for full views, crops and both).
+   MCC, MCC at 50/50 balance (``mcc_balanced``), TPR/TNR, accuracy, AUC, n per source, for full views,
+   crops and both). ``--cv-repeats N`` adds ``nested_cv``: N repeats of nested grouped CV over all images
+   (see :func:`nested_cv`), far less noisy than a held-out split with a handful of positives.
 
 Plugging in another backbone
     ``--backbone TYPE`` names a registered adapter type; the adapter must offer ``features(images) ->
@@ -539,13 +544,26 @@ def _mcc(y: np.ndarray, pred: np.ndarray) -> float:
     return (tp * tn - fp * fn) / den if den else 0.0
 
 
-def best_threshold(y: np.ndarray, p: np.ndarray, kinds: np.ndarray) -> tuple[float, float]:
-    """Threshold maximising mean(MCC over full views, MCC over crop views) (kinds present only)."""
+def _balanced_mcc(y: np.ndarray, pred: np.ndarray) -> float:
+    """MCC at 50/50 prevalence: what a validator measures, since it draws each challenge's label 50/50."""
+    from natix_miner.evaluation.calibration import balanced_mcc
+
+    return balanced_mcc(y, pred)
+
+
+def best_threshold(y: np.ndarray, p: np.ndarray, kinds: np.ndarray, objective: str = "balanced") -> tuple[float, float]:
+    """Threshold maximising mean(MCC over full views, MCC over crop views) (kinds present only).
+
+    ``objective="balanced"`` (default) scores MCC at the validators' 50/50 label balance; ``"raw"`` at the
+    data's own balance, which on scarce positives picks a far higher threshold (few alarms, low recall) that
+    a validator's 50/50 stream punishes.
+    """
+    score = _balanced_mcc if objective == "balanced" else _mcc
     cands = np.unique(np.quantile(p, np.linspace(0.0, 1.0, 401)))
     present = [k for k in ("full", "crop") if np.any(kinds == k)]
     best_t, best_m = 0.5, -2.0
     for t in cands:
-        m = float(np.mean([_mcc(y[kinds == k], (p[kinds == k] >= t).astype(int)) for k in present]))
+        m = float(np.mean([score(y[kinds == k], (p[kinds == k] >= t).astype(int)) for k in present]))
         if m > best_m:
             best_t, best_m = float(t), m
     # centre the threshold between neighbouring candidates would overfit less; keep it in (0, 1)
@@ -556,7 +574,11 @@ def metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, Any]:
     pred = (p >= threshold).astype(int)
     out: dict[str, Any] = {"n": len(y), "n_roadwork": int(y.sum()),
                            "accuracy": round(float(np.mean(pred == y)), 4) if len(y) else None,
-                           "mcc": round(_mcc(y, pred), 4) if len(set(y.tolist())) == 2 else None, "auc": None}
+                           "mcc": round(_mcc(y, pred), 4) if len(set(y.tolist())) == 2 else None,
+                           "mcc_balanced": round(_balanced_mcc(y, pred), 4) if len(set(y.tolist())) == 2 else None,
+                           "tpr": round(float(pred[y == 1].mean()), 4) if np.any(y == 1) else None,
+                           "tnr": round(float(1 - pred[y == 0].mean()), 4) if np.any(y == 0) else None,
+                           "auc": None}
     if len(set(y.tolist())) == 2:
         from sklearn.metrics import roc_auc_score
 
@@ -579,6 +601,100 @@ def per_source_metrics(items: list[Item], keys: np.ndarray, kinds: np.ndarray, y
                      for kind, km in (("full", kinds == "full"), ("crop", kinds == "crop"), ("both", np.ones(len(y), bool)))
                      if np.any(mask & km)}
     return res
+
+
+def cv_threshold(items: list[Item], X: np.ndarray, y: np.ndarray, w: np.ndarray, keys: np.ndarray,
+                 kinds: np.ndarray, args: argparse.Namespace, seed: int) -> tuple[np.ndarray, float, float]:
+    """Grouped ``--val-folds`` CV on (X, y): out-of-fold probabilities (NaN where a fold could not be fit),
+    the threshold maximising mean(MCC full, MCC crop) over ``--threshold-data`` rows, and that objective."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    group_of = {it.key: it.group for it in items}
+    groups = np.array([group_of[k] for k in keys])
+    oof = np.full(len(y), np.nan)
+    folds = min(args.val_folds, len(set(groups.tolist())))
+    if folds >= 2:
+        # stratify on the per-image label, grouped; all views of an image fall in one fold
+        for tr, va in StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(X, y, groups):
+            if len(set(y[tr].tolist())) < 2:
+                continue
+            oof[va] = head_probs(fit_head(X[tr], y[tr], w[tr], args), X[va])
+    mask = ~np.isnan(oof)
+    if args.threshold_data:
+        ds_of = {it.key: it.dataset for it in items}
+        mask &= np.isin(np.array([ds_of[k] for k in keys]), args.threshold_data)
+    if mask.sum() and len(set(y[mask].tolist())) == 2:
+        threshold, objective = best_threshold(y[mask], oof[mask], kinds[mask], args.threshold_objective)
+        return oof, threshold, objective
+    logger.warning("no usable CV predictions: threshold left at 0.5")
+    return oof, 0.5, float("nan")
+
+
+def _mean_metrics(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Average per-source metric dicts over repeats; ``mcc_sd`` / ``auc_sd`` give the spread."""
+    out: dict[str, Any] = {}
+    for key in runs[0]:
+        vals = [r[key] for r in runs if key in r]
+        if isinstance(vals[0], dict):
+            out[key] = _mean_metrics(vals)
+            continue
+        nums = [v for v in vals if isinstance(v, (int, float))]
+        out[key] = round(float(np.mean(nums)), 4) if nums else None
+        if key in ("mcc", "mcc_balanced", "auc") and len(nums) > 1:
+            out[f"{key}_sd"] = round(float(np.std(nums)), 4)
+    return out
+
+
+def nested_cv(items: list[Item], views_of: dict[str, list[str]], feats, args: argparse.Namespace,
+              data_weight: dict[str, float]) -> dict[str, Any]:
+    """Repeated, nested, grouped cross-validation over *all* images (development + held out).
+
+    Each repeat r splits every data folder into ``--val-folds`` grouped, stratified folds (seed + r); for
+    each outer fold the head is trained on the other folds exactly as the final head is (weights, inner
+    grouped CV for the threshold), then scored on the outer fold with *its own* threshold, so every image,
+    roadwork or not, is predicted once per repeat by a model that never saw its drive. Probabilities are
+    remapped per fold so the fold's threshold sits at 0.5 before pooling. Reported: per-source metrics
+    averaged over repeats (``mcc_sd``/``auc_sd`` across repeats). Much less noisy than the held-out split
+    when positives are scarce; the held-out split stays the reference for the committed head.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    X, y, _, keys, kinds = build_matrix(items, views_of, feats)
+    runs, thresholds = [], []
+    for r in range(args.cv_repeats):
+        seed = args.seed + 1000 * (r + 1)
+        fold_of: dict[str, int] = {}
+        for ds in sorted({it.dataset for it in items}):
+            part = [it for it in items if it.dataset == ds]
+            yy = np.array([it.label for it in part])
+            gg = np.array([it.group for it in part])
+            n = min(args.val_folds, len(set(gg.tolist())))
+            if n < 2 or len(set(yy.tolist())) < 2:
+                continue
+            for f, (_, te) in enumerate(StratifiedGroupKFold(n, shuffle=True, random_state=seed).split(yy, yy, gg)):
+                for i in te:
+                    fold_of[part[i].key] = f
+        fold = np.array([fold_of.get(k, -1) for k in keys])
+        p = np.full(len(y), np.nan)
+        for f in sorted(set(fold.tolist()) - {-1}):
+            tr, te = np.where(fold != f)[0], np.where(fold == f)[0]
+            if len(set(y[tr].tolist())) < 2:
+                continue
+            train_keys = set(keys[tr].tolist())
+            train_items = [it for it in items if it.key in train_keys]
+            wt = build_matrix(train_items, views_of, feats, item_weights(train_items, data_weight))[2]
+            _, thr, _ = cv_threshold(train_items, X[tr], y[tr], wt, keys[tr], kinds[tr], args, seed + f)
+            head = fit_head(X[tr], y[tr], wt, args)
+            q = np.clip(head_probs(head, X[te]), 1e-7, 1 - 1e-7)
+            z = np.log(q / (1 - q)) - math.log(thr / (1 - thr))
+            p[te] = 1.0 / (1.0 + np.exp(-z))
+            thresholds.append(thr)
+        ok = ~np.isnan(p)
+        runs.append(per_source_metrics(items, keys[ok], kinds[ok], y[ok], p[ok], 0.5))
+    return {"repeats": args.cv_repeats, "folds": args.val_folds,
+            "threshold_mean": round(float(np.mean(thresholds)), 4) if thresholds else None,
+            "threshold_sd": round(float(np.std(thresholds)), 4) if thresholds else None,
+            "metrics": _mean_metrics(runs) if runs else {}}
 
 
 def list_hash(items: list[Item]) -> str:
@@ -616,6 +732,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test-frac", type=float, default=0.25, help="held-out share per data folder (0 = none)")
     ap.add_argument("--val-folds", type=int, default=5, help="grouped CV folds on the dev split for the threshold")
+    ap.add_argument("--cv-repeats", type=int, default=0,
+                    help="also report repeated nested grouped CV over all images (nested_cv in metrics.json)")
     ap.add_argument("--group-block", type=int, default=30, help="frame numbers per near-duplicate group")
     ap.add_argument("--train-crops", type=int, default=3, help="validator-like crops per development image")
     ap.add_argument("--eval-crops", type=int, default=2, help="validator-like crops per held-out image")
@@ -623,6 +741,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="multiply the sampling weight of data folder NAME by W (repeatable)")
     ap.add_argument("--threshold-data", action="append", default=[], metavar="NAME",
                     help="data folder name(s) whose CV predictions choose the threshold (default: all)")
+    ap.add_argument("--threshold-objective", choices=("balanced", "raw"), default="balanced",
+                    help="MCC at the validators' 50/50 label balance (default) or at the data's own balance")
     ap.add_argument("--head", choices=("linear", "mlp"), default="mlp")
     ap.add_argument("--C", type=float, default=0.05, help="inverse L2 strength (linear head)")
     ap.add_argument("--max-iter", type=int, default=3000)
@@ -673,8 +793,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t_feat = time.perf_counter() - t_feat
 
     # -- threshold from grouped CV on the development split
-    from sklearn.model_selection import StratifiedGroupKFold
-
     data_weight = {}
     for kv in args.data_weight:
         name, _, value = kv.partition("=")
@@ -683,27 +801,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data_weight[name] = float(value)
     weights = item_weights(dev, data_weight)
     Xd, yd, wd, kd, kindd = build_matrix(dev, views_of, feats, weights)
-    group_of = {it.key: it.group for it in dev}
-    gd = np.array([group_of[k] for k in kd])
-    oof = np.full(len(yd), np.nan)
-    n_groups = len(set(gd.tolist()))
-    folds = min(args.val_folds, n_groups)
-    if folds >= 2:
-        # stratify on the per-image label, grouped; all views of an image fall in one fold
-        for tr, va in StratifiedGroupKFold(folds, shuffle=True, random_state=args.seed).split(Xd, yd, gd):
-            if len(set(yd[tr].tolist())) < 2:
-                continue
-            oof[va] = head_probs(fit_head(Xd[tr], yd[tr], wd[tr], args), Xd[va])
+    oof, threshold, cv_mcc = cv_threshold(dev, Xd, yd, wd, kd, kindd, args, args.seed)
     ok = ~np.isnan(oof)
-    thr_mask = ok.copy()
-    if args.threshold_data:
-        ds_of = {it.key: it.dataset for it in dev}
-        thr_mask &= np.isin(np.array([ds_of[k] for k in kd]), args.threshold_data)
-    if thr_mask.sum() and len(set(yd[thr_mask].tolist())) == 2:
-        threshold, cv_mcc = best_threshold(yd[thr_mask], oof[thr_mask], kindd[thr_mask])
-    else:
-        threshold, cv_mcc = 0.5, float("nan")
-        logger.warning("no usable CV predictions: threshold left at 0.5")
     logger.info("threshold {:.4f} (CV mean MCC full/crop {:.3f})", threshold, cv_mcc)
 
     # -- final head on the whole development split
@@ -716,6 +815,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         Xt, yt, _, kt, kindt = build_matrix(test, views_of, feats)
         pt = head_probs(head, Xt)
         report["heldout"] = per_source_metrics(test, kt, kindt, yt, pt, threshold)
+    if args.cv_repeats:
+        t_cv = time.perf_counter()
+        report["nested_cv"] = nested_cv(dev + test, views_of, feats, args, data_weight)
+        logger.info("nested CV ({} repeats) in {:.1f}s: {}", args.cv_repeats, time.perf_counter() - t_cv,
+                    json.dumps({k: v.get("full", {}).get("mcc") for k, v in report["nested_cv"]["metrics"].items()}))
     report["timing_s"] = {"features": round(t_feat, 1), "total": round(time.perf_counter() - t_start, 1)}
 
     out = Path(args.out)
@@ -746,7 +850,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "views": {"full": 1, "train_crops": args.train_crops, "eval_crops": args.eval_crops,
                   "augmentation": AUG_VERSION},
         "threshold": {"value": round(threshold, 6), "chosen_on": args.threshold_data or "all data folders",
-                      "objective": "mean of MCC(full views) and MCC(crop views) on grouped CV out-of-fold predictions"},
+                      "objective": f"mean of MCC(full views) and MCC(crop views) on grouped CV out-of-fold predictions, "
+                                   f"{'at 50/50 label balance' if args.threshold_objective == 'balanced' else 'at the data balance'}"},
         "software": {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__},
     }
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from sklearn.metrics import matthews_corrcoef, roc_auc_score
@@ -36,3 +37,19 @@ def test_matches_sklearn(pairs):
 def test_reward_formula():
     assert expected_reward(1.0, 1.0) == 1.0
     assert abs(expected_reward(0.0, 0.5) - 0.015625) < 1e-12
+
+
+def test_balanced_mcc_is_the_mcc_of_a_50_50_stream():
+    """MCC at 50/50 prevalence equals sklearn's MCC on a resampled balanced set with the same rates."""
+    from natix_miner.evaluation.metrics import balanced_mcc_from_counts
+
+    # 20 positives (tpr 0.75) and 200 negatives (tnr 0.9): imbalanced
+    m = binary_metrics([1] * 20 + [0] * 200, [0.9] * 15 + [0.1] * 5 + [0.1] * 180 + [0.9] * 20)
+    assert m["tpr"] == 0.75 and m["tnr"] == 0.9
+    # the same rates on 200 + 200: sklearn on an explicit balanced set
+    y = [1] * 200 + [0] * 200
+    pred = [1] * 150 + [0] * 50 + [0] * 180 + [1] * 20
+    assert m["mcc_balanced"] == pytest.approx(matthews_corrcoef(y, pred))
+    assert m["mcc_balanced"] > m["mcc_raw"]  # the raw MCC is dragged down by 20 false alarms vs 15 hits
+    assert balanced_mcc_from_counts(0, 0, 10, 0) == 0.0  # one class absent
+    assert binary_metrics([0, 0], [0.1, 0.9])["tpr"] is None

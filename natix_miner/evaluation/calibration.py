@@ -112,15 +112,12 @@ def expected_reward(labels, preds, repeats: int = 20, seed: int = 0, length: int
 
 def balanced_mcc(labels, preds) -> float:
     """MCC at 50/50 prevalence (what a validator's stream has), from the true-positive and true-negative rates."""
+    from natix_miner.evaluation.metrics import balanced_mcc_from_counts
+
     y = np.asarray(labels, dtype=int)
     r = np.round(np.asarray(preds, dtype=float)).astype(int)
-    if not (y == 1).any() or not (y == 0).any():
-        return 0.0
-    tpr = float(((r == 1) & (y == 1)).sum() / (y == 1).sum())
-    tnr = float(((r == 0) & (y == 0)).sum() / (y == 0).sum())
-    tp, fn, tn, fp = tpr / 2, (1 - tpr) / 2, tnr / 2, (1 - tnr) / 2
-    den = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    return 0.0 if den == 0 else (tp * tn - fp * fn) / den
+    return balanced_mcc_from_counts(int(((r == 1) & (y == 1)).sum()), int(((r == 1) & (y == 0)).sum()),
+                                    int(((r == 0) & (y == 0)).sum()), int(((r == 0) & (y == 1)).sum()))
 
 
 # ---------------------------------------------------------------------------------------------

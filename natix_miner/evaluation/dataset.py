@@ -15,7 +15,25 @@ class LabelledImage:
     label: int
 
 
-def list_labelled(root: str | Path, limit_per_class: int | None = None) -> list[LabelledImage]:
+def load_split(path: str | Path) -> set[str]:
+    """Image keys ``<folder name>/<label dir>/<file>`` of a split: a head's ``provenance.json`` (its
+    ``split.heldout_items``, written by scripts/train_head.py) or a text file with one key per line."""
+    import json
+
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        data = json.loads(text)
+        keys = (data.get("split") or {}).get("heldout_items") if isinstance(data, dict) else None
+        if not isinstance(keys, list):
+            raise ValueError(f"{path}: no split.heldout_items list (is it a train_head provenance.json?)")
+        return {str(k) for k in keys}
+    return {line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")}
+
+
+def list_labelled(root: str | Path, limit_per_class: int | None = None,
+                  only: set[str] | None = None) -> list[LabelledImage]:
+    """The labelled images under ``root``; ``only``: keep just these keys (see :func:`load_split`)."""
     root = Path(root)
     missing = [d for d in LABEL_DIRS if not (root / d).is_dir()]
     if missing:
@@ -23,9 +41,12 @@ def list_labelled(root: str | Path, limit_per_class: int | None = None) -> list[
     items: list[LabelledImage] = []
     for d, label in LABEL_DIRS.items():
         files = sorted(p for p in (root / d).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if only is not None:
+            files = [p for p in files if f"{root.name}/{d}/{p.name}" in only]
         if limit_per_class is not None:
             files = files[:limit_per_class]
         items += [LabelledImage(p, label) for p in files]
     if not items:
-        raise FileNotFoundError(f"{root}: no images found in roadwork/ or no_roadwork/")
+        raise FileNotFoundError(f"{root}: no images found in roadwork/ or no_roadwork/"
+                                + (" that belong to the given split" if only is not None else ""))
     return items

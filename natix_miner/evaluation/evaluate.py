@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import shutil
 import time
 from collections import Counter, defaultdict
@@ -73,7 +74,7 @@ def run_evaluation(images_dir: str | Path, profile_path: str | Path | None, *, c
                    records_out: list | None = None,
                    batch_size: int = 8, limit_per_class: int | None = None, seed: int = 0,
                    allow_restricted: bool = False, devices: list[str] | None = None,
-                   out_dir: str | Path | None = None, engine=None) -> dict:
+                   out_dir: str | Path | None = None, engine=None, only: set[str] | None = None) -> dict:
     from natix_miner.engine.cascade import CascadeEngine
     from natix_miner.profile import load_profile
 
@@ -83,7 +84,7 @@ def run_evaluation(images_dir: str | Path, profile_path: str | Path | None, *, c
         profile = profile_path
     else:
         profile = load_profile(profile_path)
-    items: list[LabelledImage] = list_labelled(images_dir, limit_per_class)
+    items: list[LabelledImage] = list_labelled(images_dir, limit_per_class, only)
     rng = np.random.default_rng(seed)
     own_engine = engine is None
     if own_engine:
@@ -141,6 +142,7 @@ def summarize(records: list[EvalRecord], *, profile_name: str, condition: str, w
         **{k: overall[k] for k in ("n", "mcc", "accuracy", "auc")},
         "confusion": {k: overall[k] for k in ("tp", "fp", "tn", "fn")},
         "mcc_raw": overall["mcc_raw"],
+        **{k: overall[k] for k in ("mcc_balanced", "tpr", "tnr")},
         "per_model": per_model,
         "latency_ms": {**percentiles(lat), "mean": float(np.mean(lat)) if lat else None},
         "tier_exit_rates": {k: v / max(1, len(records)) for k, v in exits.items()},
@@ -152,7 +154,20 @@ def summarize(records: list[EvalRecord], *, profile_name: str, condition: str, w
         report["per_level"] = {
             str(lv): binary_metrics([r.label for r in records if r.level == lv],
                                     [r.prediction for r in records if r.level == lv]) for lv in levels}
+    sources = sorted({source_of(r.path) for r in records})
+    if len(sources) > 1:
+        report["per_source"] = {
+            src: binary_metrics([r.label for r in records if source_of(r.path) == src],
+                                [r.prediction for r in records if source_of(r.path) == src]) for src in sources}
     return report
+
+
+def source_of(path: str) -> str:
+    """An image's source for per-source metrics: the leading letters of its file name before ``_`` or
+    ``-`` (``gtsdb_00461.jpg`` -> ``gtsdb``, ``ucb_frame10.jpg`` -> ``ucb``), else ``images``; the same
+    rule as scripts/train_head.py."""
+    m = re.match(r"^([A-Za-z]+)[_\-]", Path(path).name)
+    return m.group(1).lower() if m else "images"
 
 
 def write_outputs(report: dict, records: list[EvalRecord], out: Path) -> None:

@@ -18,6 +18,19 @@ def mcc_from_counts(tp: int, fp: int, tn: int, fn: int) -> float:
     return 0.0 if den == 0 else (tp * tn - fp * fn) / den
 
 
+def balanced_mcc_from_counts(tp: int, fp: int, tn: int, fn: int) -> float:
+    """MCC at 50/50 prevalence, from the true-positive and true-negative rates.
+
+    Validators draw each challenge's label 50/50, so over their 100-answer window this is the MCC a
+    miner with these error rates is scored with, whatever the balance of the labelled set it was measured
+    on. 0 when a class is absent.
+    """
+    if tp + fn == 0 or tn + fp == 0:
+        return 0.0
+    tpr, tnr = tp / (tp + fn), tn / (tn + fp)
+    return mcc_from_counts(tpr, 1 - tnr, tnr, 1 - tpr)  # type: ignore[arg-type]  # counts scale out
+
+
 def auc_score(labels: Sequence[int], probs: Sequence[float]) -> float | None:
     """ROC AUC by the rank statistic (ties count half); None with fewer than two classes."""
     y = np.asarray(labels, dtype=int)
@@ -31,10 +44,12 @@ def auc_score(labels: Sequence[int], probs: Sequence[float]) -> float | None:
 
 
 def binary_metrics(labels: Sequence[int], probs: Sequence[float]) -> dict:
-    """mcc (clipped at 0, validator rule), mcc_raw, accuracy, auc, confusion counts, n."""
+    """mcc (clipped at 0, validator rule), mcc_raw, mcc_balanced (at 50/50 prevalence, what validators
+    see), tpr, tnr, accuracy, auc, confusion counts, n."""
     y = np.asarray(labels, dtype=int)
     p = np.asarray(probs, dtype=float)
-    out = {"n": int(len(y)), "mcc": 0.0, "mcc_raw": 0.0, "accuracy": 0.0, "auc": None,
+    out = {"n": int(len(y)), "mcc": 0.0, "mcc_raw": 0.0, "mcc_balanced": 0.0, "tpr": None, "tnr": None,
+           "accuracy": 0.0, "auc": None,
            "tp": 0, "fp": 0, "tn": 0, "fn": 0}
     if len(y) == 0:
         return out
@@ -46,6 +61,8 @@ def binary_metrics(labels: Sequence[int], probs: Sequence[float]) -> dict:
     raw = mcc_from_counts(tp, fp, tn, fn)
     both = len(set(y.tolist())) == 2 and len(set(pred.tolist())) == 2
     out.update(tp=tp, fp=fp, tn=tn, fn=fn, mcc_raw=float(raw), mcc=float(max(0.0, raw)) if both else 0.0,
+               mcc_balanced=float(balanced_mcc_from_counts(tp, fp, tn, fn)),
+               tpr=float(tp / (tp + fn)) if tp + fn else None, tnr=float(tn / (tn + fp)) if tn + fp else None,
                accuracy=float((pred == y).mean()), auc=auc_score(y, p))
     return out
 

@@ -38,7 +38,12 @@ Options (``options:`` in the profile)
     0.5 (default false: the profile's ``calibration.threshold`` does that remap in the engine),
     ``short_side`` / ``max_long_side``: override the resize the head was trained with (not advised),
     ``features_only``: load no head (only :meth:`EfficientNetLiteAdapter.features`; used by
-    scripts/train_head.py, where ``pooling``/``short_side``/``max_long_side`` choose the features).
+    scripts/train_head.py, where ``pooling``/``short_side``/``max_long_side`` choose the features),
+    ``crop``: ``none`` (default) or ``centre``: resize the short side to ``short_side``·256/224 and keep
+    the centre ``short_side`` square (the classic ImageNet evaluation crop). Only there to reproduce the
+    centre-crop baseline the README compares the embedded head with; a head records it in ``meta``,
+    ``tta``: ``none`` (default) or ``flip``: features are the mean of the image's and its mirror image's
+    (twice the backbone work); recorded in the head's ``meta`` and taken from there at inference.
 """
 
 from __future__ import annotations
@@ -203,6 +208,17 @@ def resize_for_backbone(image: Image.Image, short_side: int = DEFAULT_SHORT_SIDE
     return im
 
 
+def centre_crop(image: Image.Image, side: int) -> Image.Image:
+    """ImageNet-style evaluation crop: short side to ``side``·256/224, then the centre ``side`` square."""
+    from PIL import Image
+
+    im = image.convert("RGB") if image.mode != "RGB" else image
+    scale = side * 256 / 224 / min(im.size)
+    im = im.resize((max(side, round(im.width * scale)), max(side, round(im.height * scale))), Image.BILINEAR)
+    left, top = (im.width - side) // 2, (im.height - side) // 2
+    return im.crop((left, top, left + side, top + side))
+
+
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL -> normalised (3, H, W) float tensor."""
     import numpy as np
@@ -256,6 +272,12 @@ class EfficientNetLiteAdapter(Adapter):
         self.short_side = int(self._opt("short_side", DEFAULT_SHORT_SIDE))
         self.max_long_side = int(self._opt("max_long_side", DEFAULT_MAX_LONG_SIDE))
         self.pooling = str(self._opt("pooling", DEFAULT_POOLING))
+        self.crop = str(self._opt("crop", "none"))
+        if self.crop not in ("none", "centre"):
+            raise AdapterError(f"{self.name}: options.crop must be 'none' or 'centre', got {self.crop!r}")
+        self.tta = str(self._opt("tta", "none"))
+        if self.tta not in ("none", "flip"):
+            raise AdapterError(f"{self.name}: options.tta must be 'none' or 'flip', got {self.tta!r}")
         self.logit_shift = 0.0
         self.weights_path: str | None = None
         self.backbone_licence = "Apache-2.0"
@@ -273,8 +295,14 @@ class EfficientNetLiteAdapter(Adapter):
 
     def feature_meta(self) -> dict[str, Any]:
         """What a head trained on :meth:`features` must record to get the same features back."""
-        return {"backbone": "efficientnet_lite", "pooling": self.pooling, "short_side": self.short_side, "max_long_side": self.max_long_side,
-                "normalisation": "tf-lite (x-127)/128", "weights_file": Path(self.weights_path or "").name}
+        meta = {"backbone": "efficientnet_lite", "pooling": self.pooling, "short_side": self.short_side,
+                "max_long_side": self.max_long_side, "normalisation": "tf-lite (x-127)/128",
+                "weights_file": Path(self.weights_path or "").name}
+        if self.crop != "none":  # only then: keeps the signature (and cached features) of existing heads
+            meta["crop"] = self.crop
+        if self.tta != "none":
+            meta["tta"] = self.tta
+        return meta
 
     # -- contract --------------------------------------------------------------------------
     def load(self, device: str) -> None:
@@ -304,6 +332,8 @@ class EfficientNetLiteAdapter(Adapter):
                 raise AdapterError(f"{self.name}: head {head_path} was trained on backbone "
                                    f"{meta.get('backbone')!r}, not efficientnet_lite")
             self.pooling = str(meta.get("pooling", DEFAULT_POOLING))
+            self.crop = str(meta.get("crop", "none"))
+            self.tta = str(meta.get("tta", "none"))
             for key in ("short_side", "max_long_side"):
                 value = int(self._opt(key, meta.get(key, getattr(self, key))))
                 if key in meta and value != int(meta[key]):
@@ -343,7 +373,10 @@ class EfficientNetLiteAdapter(Adapter):
 
         if self.model is None:
             raise AdapterError(f"{self.name}: predict before load")
-        resized = [resize_for_backbone(im, self.short_side, self.max_long_side) for im in images]
+        if self.crop == "centre":
+            resized = [centre_crop(im, self.short_side) for im in images]
+        else:
+            resized = [resize_for_backbone(im, self.short_side, self.max_long_side) for im in images]
         out = np.zeros((len(images), pooled_dim(self.pooling)), dtype=np.float32)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, im in enumerate(resized):
@@ -353,7 +386,12 @@ class EfficientNetLiteAdapter(Adapter):
             for s in range(0, len(idx_all), step):
                 idx = idx_all[s:s + step]
                 x = torch.stack([to_tensor(resized[i]) for i in idx]).to(self.device)
-                out[idx] = pool_map(self.model.forward_features(x), self.pooling).float().cpu().numpy()
+                if self.tta == "flip":  # mean of the image's and its mirror image's pooled features
+                    f = pool_map(self.model.forward_features(torch.cat([x, x.flip(-1)])), self.pooling)
+                    f = 0.5 * (f[:len(idx)] + f[len(idx):])
+                else:
+                    f = pool_map(self.model.forward_features(x), self.pooling)
+                out[idx] = f.float().cpu().numpy()
         return out
 
     def predict(self, images: list[Image.Image]) -> list[Vote]:

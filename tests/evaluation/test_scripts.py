@@ -77,3 +77,33 @@ def test_calibrate_writes_a_loadable_profile_and_reports_before_after(data, tmp_
     assert rep["after"]["expected_reward"] >= rep["before"]["expected_reward"] - 1e-9
     # the constant model carries no information: calibration gives it (close to) no weight
     assert rep["fitted"]["weights"]["const"] < rep["fitted"]["weights"]["colour"]
+
+
+def test_evaluate_on_a_split_from_a_provenance_file(data, tmp_path):
+    """--split keeps only the held-out items that scripts/train_head.py lists in provenance.json."""
+    root, prof = data
+    keep = [f"{root.name}/roadwork/0.jpg", f"{root.name}/roadwork/1.jpg", f"{root.name}/no_roadwork/3.jpg"]
+    prov = tmp_path / "provenance.json"
+    prov.write_text(json.dumps({"split": {"heldout_items": keep + ["other-folder/roadwork/0.jpg"]}}))
+    report = tmp_path / "split.json"
+    assert _script("evaluate").main(["--images", str(root), "--profile", str(prof), "--report", str(report),
+                                     "--split", str(prov)]) == 0
+    rep = json.loads(report.read_text())
+    assert rep["n"] == 3 and rep["split"] == str(prov)
+    assert rep["mcc_balanced"] == pytest.approx(1.0) and rep["tpr"] == 1.0 and rep["tnr"] == 1.0
+    listing = tmp_path / "keys.txt"
+    listing.write_text("# one key per line\n" + keep[0] + "\n")
+    assert _script("evaluate").main(["--images", str(root), "--profile", str(prof), "--report", str(report),
+                                     "--split", str(listing)]) == 0
+    assert json.loads(report.read_text())["n"] == 1
+    assert "per_source" not in rep  # one source ("images"): no breakdown
+
+    from natix_miner.evaluation.evaluate import source_of
+
+    assert source_of("/x/gtsdb_00461.jpg") == "gtsdb" and source_of("ucb-frame10.png") == "ucb"
+    assert source_of("0.jpg") == "images"
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(ValueError, match="heldout_items"):
+        _script("evaluate").main(["--images", str(root), "--profile", str(prof), "--report", str(report),
+                                  "--split", str(bad)])

@@ -113,6 +113,50 @@ def test_features_only_mode_and_bad_head(tmp_path):
                                 options={"head": str(tmp_path / "none.pt")})).load("cpu")
 
 
+def test_centre_crop_option_for_the_baseline():
+    from natix_miner.models.base import AdapterError
+    from natix_miner.models.efficientnet_lite import centre_crop
+
+    # a frame with a red left quarter: the ImageNet-style centre crop drops it
+    arr = np.zeros((400, 900, 3), np.uint8)
+    arr[:, :225] = (255, 0, 0)
+    crop = centre_crop(Image.fromarray(arr), 224)
+    assert crop.size == (224, 224)
+    assert np.asarray(crop)[..., 0].mean() < 5  # 900x400 -> 576x256 (red: x < 144), crop from x = 176
+    assert centre_crop(Image.new("L", (100, 50)), 224).size == (224, 224)  # small and grey inputs too
+
+    a = build_adapter(ModelSpec(name="c", type="efficientnet_lite", licence="Apache-2.0",
+                                options={"features_only": True, "crop": "centre", "short_side": 224, "pooling": "avg"}))
+    a.load("cpu")
+    f = a.features([Image.fromarray(arr), Image.new("RGB", (1360, 800))])
+    assert f.shape == (2, 1280) and a.feature_meta()["crop"] == "centre"
+    assert "crop" not in build_adapter(ModelSpec(name="d", type="efficientnet_lite", licence="x",
+                                                 options={"features_only": True})).feature_meta()
+    with pytest.raises(AdapterError, match="options.crop"):
+        build_adapter(ModelSpec(name="e", type="efficientnet_lite", licence="x", options={"crop": "left"}))
+
+
+def test_flip_tta_features_are_mirror_invariant():
+    from natix_miner.models.base import AdapterError
+
+    rng = np.random.default_rng(3)
+    img = Image.fromarray((rng.random((64, 96, 3)) * 255).astype(np.uint8))
+    opts = {"features_only": True, "short_side": 64, "max_long_side": 96}
+    plain = build_adapter(ModelSpec(name="p", type="efficientnet_lite", licence="x", options=opts))
+    tta = build_adapter(ModelSpec(name="t", type="efficientnet_lite", licence="x", options={**opts, "tta": "flip"}))
+    plain.load("cpu")
+    tta.load("cpu")
+    mirrored = img.transpose(Image.FLIP_LEFT_RIGHT)
+    f_img, f_mir = tta.features([img, mirrored])
+    np.testing.assert_allclose(f_img, f_mir, rtol=1e-4, atol=1e-4)
+    p_img, p_mir = plain.features([img, mirrored])
+    assert not np.allclose(p_img, p_mir, atol=1e-3)  # without TTA a mirror image gives other features
+    np.testing.assert_allclose(f_img, 0.5 * (p_img + p_mir), rtol=1e-4, atol=1e-4)
+    assert tta.feature_meta()["tta"] == "flip" and "tta" not in plain.feature_meta()
+    with pytest.raises(AdapterError, match="options.tta"):
+        build_adapter(ModelSpec(name="e", type="efficientnet_lite", licence="x", options={"tta": "rot"}))
+
+
 def test_cuda_requested_without_cuda_fails_clearly():
     import torch
 

@@ -109,7 +109,8 @@ def test_train_head_end_to_end(tmp_path):
     argv = data + ["--out", str(out), "--cache", str(tmp_path / "cache"), "--backbone", "efficientnet_lite",
                    "--backbone-option", "short_side=64", "--backbone-option", "max_long_side=64",
                    "--group-block", "1", "--test-frac", "0.34", "--val-folds", "2",
-                   "--train-crops", "1", "--eval-crops", "1", "--head", "mlp", "--epochs", "1", "--hidden", "8"]
+                   "--train-crops", "1", "--eval-crops", "1", "--head", "mlp", "--epochs", "1", "--hidden", "8",
+            "--cv-repeats", "2"]
     report = th.main(argv)
     for f in ("head.pt", "provenance.json", "metrics.json"):
         assert (out / f).is_file(), f
@@ -121,6 +122,13 @@ def test_train_head_end_to_end(tmp_path):
     for key in ("mcc", "accuracy", "auc", "n", "n_roadwork"):
         assert key in held["all"]["full"] and key in held["all"]["crop"]
     assert held["all"]["full"]["n"] >= 4 and held["all"]["crop"]["n"] == held["all"]["full"]["n"]
+    # nested CV predicts every image (development and held out) once per repeat
+    nested = metrics["nested_cv"]
+    assert nested["repeats"] == 2 and 0.0 < nested["threshold_mean"] < 1.0
+    n_images = held["all"]["full"]["n"] + metrics["cv"]["all"]["full"]["n"]
+    assert nested["metrics"]["all"]["full"]["n"] == n_images
+    for key in ("mcc", "mcc_sd", "auc", "accuracy"):
+        assert key in nested["metrics"]["all"]["full"]
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["split"]["seed"] == 0 and len(prov["split"]["sha256_all"]) == 64
     assert prov["data"][0]["licences"].get("CC0") == 1
