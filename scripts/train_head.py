@@ -4,8 +4,7 @@
 Usage (the committed head was made with exactly this; see natix_miner/assets/lite0_head/provenance.json)::
 
     HF_HUB_OFFLINE=1 .venv/bin/python scripts/train_head.py --backbone efficientnet_lite \\
-        --data /work/shared/data/gtsdb-dev --data /work/shared/data/web-pool \\
-        --out natix_miner/assets/lite0_head
+        --data /work/shared/data/gtsdb-dev --out natix_miner/assets/lite0_head --cv-repeats 3
 
 What it does, in order
 1. **Data.** Each ``--data DIR`` is either an image folder with ``roadwork/`` and ``no_roadwork/``

@@ -102,6 +102,13 @@ def test_evaluate_on_a_split_from_a_provenance_file(data, tmp_path):
 
     assert source_of("/x/gtsdb_00461.jpg") == "gtsdb" and source_of("ucb-frame10.png") == "ucb"
     assert source_of("0.jpg") == "images"
+    # two sources by file-name prefix: a per-source breakdown
+    for sub in ("roadwork", "no_roadwork"):
+        for i, f in enumerate(sorted((root / sub).glob("*.jpg"))[:4]):
+            f.rename(f.with_name(f"{'camA' if i % 2 else 'camB'}_{f.name}"))
+    assert _script("evaluate").main(["--images", str(root), "--profile", str(prof), "--report", str(report)]) == 0
+    per = json.loads(report.read_text())["per_source"]
+    assert set(per) == {"cama", "camb", "images"} and per["cama"]["n"] == 4 and per["images"]["n"] == 16
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     with pytest.raises(ValueError, match="heldout_items"):
