@@ -42,15 +42,22 @@ def hub_offline() -> bool:
 
 
 def resolve_device(name: str, device: str) -> str:
-    """``auto`` -> ``cuda`` when available else ``cpu``; a CUDA device without CUDA is an error."""
+    """``auto`` -> ``cuda:0`` when available else ``cpu``; a CUDA device without CUDA is an error.
+
+    A bare ``cuda`` becomes ``cuda:0``: an explicit index, because "the current CUDA device" is process
+    state that libraries change behind our back (ultralytics calls ``torch.cuda.set_device`` when it
+    predicts on ``cuda:1``), and a model loaded later on plain ``cuda`` would then land on the wrong GPU.
+    """
     import torch
 
     device = (device or "auto").strip()
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise AdapterError(f"{name}: device {device!r} requested but CUDA is not available")
+        if device == "cuda":
+            return "cuda:0"
         if ":" in device and int(device.split(":", 1)[1]) >= torch.cuda.device_count():
             raise AdapterError(f"{name}: device {device!r} does not exist "
                                f"({torch.cuda.device_count()} CUDA device(s) visible)")

@@ -308,10 +308,7 @@ class EfficientNetLiteAdapter(Adapter):
     def load(self, device: str) -> None:
         from natix_miner.models.heads import load_head
 
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise AdapterError(f"{self.name}: device {device!r} requested but CUDA is not available")
+        device = tu.resolve_device(self.name, device)
         threads = self._opt("threads")
         if threads and device == "cpu":
             torch.set_num_threads(int(threads))

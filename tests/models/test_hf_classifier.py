@@ -152,6 +152,20 @@ def test_cuda_fp16_matches_cpu(vit_dir, adapter):
     assert [v.p for v in a.predict(ims)] == pytest.approx([v.p for v in adapter.predict(ims)], abs=2e-2)
 
 
+def test_bare_cuda_resolves_to_an_explicit_index(monkeypatch):
+    """``cuda``/``auto`` pin cuda:0, never "the current device" (ultralytics changes it on cuda:1)."""
+    from natix_miner.models import _torch_utils as tu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert tu.resolve_device("m", "cuda") == "cuda:0"
+    assert tu.resolve_device("m", "auto") == "cuda:0"
+    assert tu.resolve_device("m", "cuda:1") == "cuda:1"
+    with pytest.raises(AdapterError, match="does not exist"):
+        tu.resolve_device("m", "cuda:2")
+
+
 def test_torch_utils_helpers():
     from natix_miner.models import _torch_utils as tu
 
