@@ -52,7 +52,9 @@ def main(argv=None) -> int:
           f"MCC@50/50={rep.get('mcc_balanced', 0.0):.3f} accuracy={rep['accuracy']:.3f} AUC={rep['auc'] if rep['auc'] is None else round(rep['auc'], 3)} "
           f"latency p50={lat['p50']:.1f} ms p95={lat['p95']:.1f} ms")
     for name, m in rep["per_model"].items():
-        print(f"  {name}: MCC={m['mcc']:.3f} acc={m['accuracy']:.3f} coverage={m['coverage']:.2f}")
+        auc = "n/a" if m["auc"] is None else f"{m['auc']:.3f}"
+        print(f"  {name} (its own vote, before consensus and calibration: p >= 0.5): MCC={m['mcc']:.3f} "
+              f"acc={m['accuracy']:.3f} AUC={auc} coverage={m['coverage']:.2f}")
     print(f"report: {report_path}" + (f", plots: {out_dir}" if out_dir else ""))
     return 0
 

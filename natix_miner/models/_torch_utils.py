@@ -17,6 +17,7 @@ torch is imported inside the functions: importing this module is cheap.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -140,6 +141,49 @@ def hf_load(adapter: "Adapter", loader: Any, source: str, is_local: bool, what: 
         raise AdapterError(f"{adapter.name}: could not load the {what} for hub id {source!r}{offline}; "
                            f"if it is not in the local Hugging Face cache, {DOWNLOAD_HINT} "
                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+
+
+@dataclass
+class HFLoaded:
+    """What :func:`hf_load_image_model` loaded, for the adapter to finish with :func:`hf_finish_load`."""
+
+    device: str
+    dtype: Any
+    source: str
+    processor: Any
+    model: Any
+    t0: float
+    memory_before: Any
+
+
+def hf_load_image_model(adapter: "Adapter", model_loader: Any, device: str) -> HFLoaded:
+    """The load prologue shared by the transformers image adapters: resolve device and dtype
+    (``options.dtype``), then the image processor and the model (``model_loader.from_pretrained``,
+    through :func:`hf_load`), on the CPU; :func:`hf_finish_load` moves the model to ``device``."""
+    import time
+
+    from transformers import AutoImageProcessor
+
+    device = resolve_device(adapter.name, device)
+    dtype = resolve_dtype(adapter.name, adapter.spec.options.get("dtype"), device)
+    source, is_local = model_source(adapter)
+    t0 = time.perf_counter()
+    before = cuda_allocated(device)
+    processor = hf_load(adapter, AutoImageProcessor, source, is_local, what="image processor")
+    model = hf_load(adapter, model_loader, source, is_local, what="model", dtype=dtype)
+    return HFLoaded(device, dtype, source, processor, model, t0, before)
+
+
+def hf_finish_load(adapter: "Adapter", loaded: HFLoaded) -> None:
+    """Move the model to its device in eval mode and set the adapter's ``model``, ``processor``,
+    ``dtype``, ``_pre`` (processor kwargs), ``device``, ``loaded`` and ``measured_memory_mb``."""
+    adapter.model = loaded.model.to(loaded.device).eval()
+    adapter.processor = loaded.processor
+    adapter.dtype = loaded.dtype
+    adapter._pre = preprocess_kwargs(adapter, loaded.processor, loaded.device)
+    adapter.device = loaded.device
+    adapter.loaded = True
+    adapter.measured_memory_mb = loaded_memory_mb(loaded.device, loaded.memory_before, adapter.model)
 
 
 def to_rgb(image: "Image.Image") -> "Image.Image":

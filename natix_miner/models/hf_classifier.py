@@ -81,16 +81,10 @@ class HFClassifierAdapter(Adapter):
         self._pre: dict[str, Any] = {}
 
     def load(self, device: str) -> None:
-        from transformers import AutoImageProcessor, AutoModelForImageClassification
+        from transformers import AutoModelForImageClassification
 
-        device = tu.resolve_device(self.name, device)
-        self.dtype = tu.resolve_dtype(self.name, self.spec.options.get("dtype"), device)
-        source, is_local = tu.model_source(self)
-        t0 = time.perf_counter()
-        before = tu.cuda_allocated(device)
-        self.processor = tu.hf_load(self, AutoImageProcessor, source, is_local, what="image processor")
-        model = tu.hf_load(self, AutoModelForImageClassification, source, is_local, what="model",
-                           dtype=self.dtype)
+        loaded = tu.hf_load_image_model(self, AutoModelForImageClassification, device)
+        model = loaded.model
         self.id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
         self.positive_ids = positive_label_ids(self.id2label, self.spec.options.get("positive_labels"),
                                                self.name)
@@ -101,14 +95,10 @@ class HFClassifierAdapter(Adapter):
         if act not in ("softmax", "sigmoid"):
             raise AdapterError(f"{self.name}: options.activation must be softmax or sigmoid, got {act!r}")
         self.activation = act
-        self.model = model.to(device).eval()
-        self._pre = tu.preprocess_kwargs(self, self.processor, device)
-        self.device = device
-        self.loaded = True
-        self.measured_memory_mb = tu.loaded_memory_mb(device, before, self.model)
-        logger.info("{}: {} on {} ({}, roadwork labels {}, {}) in {:.2f}s", self.name, source, device,
+        tu.hf_finish_load(self, loaded)
+        logger.info("{}: {} on {} ({}, roadwork labels {}, {}) in {:.2f}s", self.name, loaded.source, self.device,
                     str(self.dtype).replace("torch.", ""), [self.id2label[i] for i in self.positive_ids],
-                    self.activation, time.perf_counter() - t0)
+                    self.activation, time.perf_counter() - loaded.t0)
 
     @torch.inference_mode()
     def probabilities(self, images: "list[Image.Image]") -> torch.Tensor:

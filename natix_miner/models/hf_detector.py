@@ -137,26 +137,16 @@ class HFDetectorAdapter(_DetectionVoter):
         self._pre: dict[str, Any] = {}
 
     def load(self, device: str) -> None:
-        from transformers import AutoImageProcessor, AutoModelForObjectDetection
+        from transformers import AutoModelForObjectDetection
 
-        device = tu.resolve_device(self.name, device)
-        self.dtype = tu.resolve_dtype(self.name, self.spec.options.get("dtype"), device)
-        source, is_local = tu.model_source(self)
-        t0 = time.perf_counter()
-        before = tu.cuda_allocated(device)
-        self.processor = tu.hf_load(self, AutoImageProcessor, source, is_local, what="image processor")
-        model = tu.hf_load(self, AutoModelForObjectDetection, source, is_local, what="model", dtype=self.dtype)
-        self.id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
+        loaded = tu.hf_load_image_model(self, AutoModelForObjectDetection, device)
+        self.id2label = {int(k): str(v) for k, v in loaded.model.config.id2label.items()}
         self.class_map = checked_class_map(self, self.id2label.values())
         tu.float_option(self, "threshold", DEFAULT_THRESHOLD)
-        self.model = model.to(device).eval()
-        self._pre = tu.preprocess_kwargs(self, self.processor, device)
-        self.device = device
-        self.loaded = True
-        self.measured_memory_mb = tu.loaded_memory_mb(device, before, self.model)
-        logger.info("{}: {} ({}) on {} ({}) in {:.2f}s; roadwork classes {}", self.name, source,
-                    type(model).__name__, device, str(self.dtype).replace("torch.", ""),
-                    time.perf_counter() - t0, sorted(self.class_map))
+        tu.hf_finish_load(self, loaded)
+        logger.info("{}: {} ({}) on {} ({}) in {:.2f}s; roadwork classes {}", self.name, loaded.source,
+                    type(loaded.model).__name__, self.device, str(self.dtype).replace("torch.", ""),
+                    time.perf_counter() - loaded.t0, sorted(self.class_map))
 
     @torch.inference_mode()
     def detections(self, images: "list[Image.Image]") -> list[list[Detection]]:

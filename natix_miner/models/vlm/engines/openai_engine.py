@@ -247,7 +247,9 @@ class OpenAIEngine(VLMEngine):
         body.update(self.extra_body)
         return body
 
-    def yes_no_logprobs(self, images, prompt_builder, top_k: int = 20, *, timeout_s=None):
+    def _requests(self, images, prompt_builder, timeout_s, fields: dict[str, Any], parse) -> list:
+        """One request per image (concurrently, all inside one deadline); ``None`` for each failure and
+        for every image while the endpoint is marked unhealthy."""
         n = len(images)
         if n == 0:
             return []
@@ -256,27 +258,14 @@ class OpenAIEngine(VLMEngine):
             return [None] * n
         prompts = prompts_for(prompt_builder, n)
         at = self._deadline_at(timeout_s)
+        return self._map(lambda i: self._post(self._body(prompts[i], images[i], **fields), at, parse), n)
 
-        def one(i: int) -> dict[str, float] | None:
-            body = self._body(prompts[i], images[i], max_tokens=1, logprobs=True, top_logprobs=int(top_k))
-            return self._post(body, at, parse_top_logprobs)
-
-        return self._map(one, n)
+    def yes_no_logprobs(self, images, prompt_builder, top_k: int = 20, *, timeout_s=None):
+        fields = {"max_tokens": 1, "logprobs": True, "top_logprobs": int(top_k)}
+        return self._requests(images, prompt_builder, timeout_s, fields, parse_top_logprobs)
 
     def generate(self, images, prompt_builder, max_tokens: int, *, stop: Sequence[str] = (), timeout_s=None):
-        n = len(images)
-        if n == 0:
-            return []
-        if not self.healthy:
-            self.count_error("unhealthy")
-            return [None] * n
-        prompts = prompts_for(prompt_builder, n)
-        at = self._deadline_at(timeout_s)
-
-        def one(i: int) -> Generation | None:
-            fields: dict[str, Any] = {"max_tokens": int(max_tokens)}
-            if stop:
-                fields["stop"] = list(stop)
-            return self._post(self._body(prompts[i], images[i], **fields), at, parse_generation)
-
-        return self._map(one, n)
+        fields: dict[str, Any] = {"max_tokens": int(max_tokens)}
+        if stop:
+            fields["stop"] = list(stop)
+        return self._requests(images, prompt_builder, timeout_s, fields, parse_generation)
