@@ -658,6 +658,8 @@ def nested_cv(items: list[Item], views_of: dict[str, list[str]], feats, args: ar
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
+    from natix_miner.engine.consensus import calibrate
+
     X, y, _, keys, kinds = build_matrix(items, views_of, feats)
     runs, thresholds = [], []
     for r in range(args.cv_repeats):
@@ -684,9 +686,7 @@ def nested_cv(items: list[Item], views_of: dict[str, list[str]], feats, args: ar
             wt = build_matrix(train_items, views_of, feats, item_weights(train_items, data_weight))[2]
             _, thr, _ = cv_threshold(train_items, X[tr], y[tr], wt, keys[tr], kinds[tr], args, seed + f)
             head = fit_head(X[tr], y[tr], wt, args)
-            q = np.clip(head_probs(head, X[te]), 1e-7, 1 - 1e-7)
-            z = np.log(q / (1 - q)) - math.log(thr / (1 - thr))
-            p[te] = 1.0 / (1.0 + np.exp(-z))
+            p[te] = [calibrate(q, thr) for q in head_probs(head, X[te]).tolist()]  # the engine's remap
             thresholds.append(thr)
         ok = ~np.isnan(p)
         runs.append(per_source_metrics(items, keys[ok], kinds[ok], y[ok], p[ok], 0.5))
@@ -818,7 +818,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         t_cv = time.perf_counter()
         report["nested_cv"] = nested_cv(dev + test, views_of, feats, args, data_weight)
         logger.info("nested CV ({} repeats) in {:.1f}s: {}", args.cv_repeats, time.perf_counter() - t_cv,
-                    json.dumps({k: v.get("full", {}).get("mcc") for k, v in report["nested_cv"]["metrics"].items()}))
+                    json.dumps({k: {m: v.get("full", {}).get(m) for m in ("mcc", "mcc_balanced", "auc")}
+                                for k, v in report["nested_cv"]["metrics"].items()}))
     report["timing_s"] = {"features": round(t_feat, 1), "total": round(time.perf_counter() - t_start, 1)}
 
     out = Path(args.out)
