@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     report_path.write_text(json.dumps(rep, indent=2))
     lat = rep["latency_ms"]
     print(f"{rep['profile_name']} on {a.images} ({a.condition}): n={rep['n']} MCC={rep['mcc']:.3f} "
-          f"MCC@50/50={rep.get('mcc_balanced', 0.0):.3f} accuracy={rep['accuracy']:.3f} AUC={rep['auc'] if rep['auc'] is None else round(rep['auc'], 3)} "
+          f"MCC@50/50={rep['mcc_balanced']:.3f} accuracy={rep['accuracy']:.3f} AUC={rep['auc'] if rep['auc'] is None else round(rep['auc'], 3)} "
           f"latency p50={lat['p50']:.1f} ms p95={lat['p95']:.1f} ms")
     for name, m in rep["per_model"].items():
         auc = "n/a" if m["auc"] is None else f"{m['auc']:.3f}"

@@ -114,11 +114,6 @@ def _stem_group(stem: str, block: int) -> str:
     return f"{m.group(1)}#{int(m.group(2)) // block}" if m else stem
 
 
-def _stem_source(stem: str) -> str:
-    m = re.match(r"^([A-Za-z]+)[_\-]", stem)
-    return m.group(1).lower() if m else "images"
-
-
 def _sha1_bytes(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 
@@ -144,6 +139,8 @@ def _read_sources_tsv(root: Path) -> dict[str, str]:
 
 def scan_folder(root: Path, block: int) -> list[Item]:
     """An image folder with roadwork/ and no_roadwork/ subfolders."""
+    from natix_miner.evaluation.dataset import source_of
+
     licences = _read_sources_tsv(root)
     items = []
     for sub, label in LABEL_DIRS.items():
@@ -156,7 +153,7 @@ def scan_folder(root: Path, block: int) -> list[Item]:
             rel = f.relative_to(root).as_posix()
             stem = f.stem
             items.append(Item(key=f"{root.name}/{rel}", label=label, dataset=root.name,
-                              source=f"{root.name}/{_stem_source(stem)}", group=f"{root.name}/{_stem_group(stem, block)}",
+                              source=f"{root.name}/{source_of(stem)}", group=f"{root.name}/{_stem_group(stem, block)}",
                               licence=licences.get(rel, "unknown"), sha1=_sha1_bytes(f.read_bytes()), path=str(f)))
     return items
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,14 @@ LABEL_DIRS = {"roadwork": 1, "no_roadwork": 0}
 class LabelledImage:
     path: Path
     label: int
+
+
+def source_of(path: str | Path) -> str:
+    """An image's source for per-source metrics: the leading letters of its file name before ``_`` or
+    ``-`` (``gtsdb_00461.jpg`` -> ``gtsdb``, ``ucb_frame10.jpg`` -> ``ucb``), else ``images``. Used by
+    scripts/evaluate.py and scripts/train_head.py alike."""
+    m = re.match(r"^([A-Za-z]+)[_\-]", Path(path).name)
+    return m.group(1).lower() if m else "images"
 
 
 def load_split(path: str | Path) -> set[str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import re
 import shutil
 import time
 from collections import Counter, defaultdict
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from loguru import logger
 
-from natix_miner.evaluation.dataset import LabelledImage, list_labelled
+from natix_miner.evaluation.dataset import LabelledImage, list_labelled, source_of
 from natix_miner.evaluation.metrics import binary_metrics, percentiles
 
 CONDITIONS = ("none", "fullres", "aug-2026-01")
@@ -154,20 +153,13 @@ def summarize(records: list[EvalRecord], *, profile_name: str, condition: str, w
         report["per_level"] = {
             str(lv): binary_metrics([r.label for r in records if r.level == lv],
                                     [r.prediction for r in records if r.level == lv]) for lv in levels}
-    sources = sorted({source_of(r.path) for r in records})
-    if len(sources) > 1:
-        report["per_source"] = {
-            src: binary_metrics([r.label for r in records if source_of(r.path) == src],
-                                [r.prediction for r in records if source_of(r.path) == src]) for src in sources}
+    by_source: dict[str, list[EvalRecord]] = defaultdict(list)
+    for r in records:
+        by_source[source_of(r.path)].append(r)
+    if len(by_source) > 1:
+        report["per_source"] = {src: binary_metrics([r.label for r in rs], [r.prediction for r in rs])
+                                for src, rs in sorted(by_source.items())}
     return report
-
-
-def source_of(path: str) -> str:
-    """An image's source for per-source metrics: the leading letters of its file name before ``_`` or
-    ``-`` (``gtsdb_00461.jpg`` -> ``gtsdb``, ``ucb_frame10.jpg`` -> ``ucb``), else ``images``; the same
-    rule as scripts/train_head.py."""
-    m = re.match(r"^([A-Za-z]+)[_\-]", Path(path).name)
-    return m.group(1).lower() if m else "images"
 
 
 def write_outputs(report: dict, records: list[EvalRecord], out: Path) -> None:

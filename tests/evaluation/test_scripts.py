@@ -98,7 +98,7 @@ def test_evaluate_on_a_split_from_a_provenance_file(data, tmp_path):
     assert json.loads(report.read_text())["n"] == 1
     assert "per_source" not in rep  # one source ("images"): no breakdown
 
-    from natix_miner.evaluation.evaluate import source_of
+    from natix_miner.evaluation.dataset import source_of
 
     assert source_of("/x/gtsdb_00461.jpg") == "gtsdb" and source_of("ucb-frame10.png") == "ucb"
     assert source_of("0.jpg") == "images"

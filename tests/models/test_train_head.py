@@ -92,10 +92,12 @@ def test_parquet_reader_and_validator_filter(tmp_path):
 
 
 def test_groups_keep_nearby_frames_together():
+    from natix_miner.evaluation.dataset import source_of
+
     th = _load_script()
     assert th._stem_group("gtsdb_00459", 30) == th._stem_group("gtsdb_00461", 30)
     assert th._stem_group("gtsdb_00029", 30) != th._stem_group("gtsdb_00046", 30)
-    assert th._stem_source("tracon_test__img_1") == "tracon"
+    assert source_of("tracon_test__img_1") == "tracon"
 
 
 def test_train_head_end_to_end(tmp_path):
