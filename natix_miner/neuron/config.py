@@ -80,10 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="max requests per caller hotkey per minute (default 600 on a real chain, unlimited in --mock; 0 = unlimited)")
     g.add_argument("--blacklist.max_concurrent", dest="max_concurrent", type=int,
                    default=int(_env("BLACKLIST_MAX_CONCURRENT", 64)),
-                   help="requests in flight at once, all callers together; more are refused (403 busy); 0 = no cap")
+                   help="requests in flight at once, all callers together; past it callers without a validator permit "
+                        "are refused (403 busy), validators get a degraded answer instead; 0 = no cap")
     g.add_argument("--blacklist.max_concurrent_per_hotkey", dest="max_concurrent_per_hotkey", type=int,
                    default=int(_env("BLACKLIST_MAX_CONCURRENT_PER_HOTKEY", 32)),
-                   help="requests in flight from one caller (a lone miner gets bursts of 10); 0 = no cap")
+                   help="requests in flight from one caller without a validator permit; 0 = no cap")
     g.add_argument("--blacklist.allow_non_registered", dest="allow_non_registered", action="store_true",
                    help="accepted for compatibility with the official launcher; unregistered callers are always refused")
 
