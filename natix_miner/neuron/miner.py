@@ -41,6 +41,11 @@ RESPONSE_MARGIN_S = 1.5
 # fallback answered, so every accepted request is answered within deadline + HARD_CUT_GRACE_S of receipt
 # (plus the event loop's own scheduling delay), far inside the validators' 9 s.
 HARD_CUT_GRACE_S = 0.25
+# Idle keep-alive of the axon's HTTP server. uvicorn's default (5 s) is shorter than the 15 s an aiohttp
+# client (the validators' dendrite) keeps an idle connection: a request sent on a connection the server is
+# just closing fails with "Server disconnected" / "Connection reset" (a -1). Longer than the client's, the
+# client always closes first and never reuses a connection the server has dropped.
+AXON_KEEP_ALIVE_S = 20
 # "no roadwork", never 0.5, only when nothing else can answer; finalize() is the engine's one rule for
 # safe wire values (finite, in [eps, 1 - eps], never exactly 0.5)
 FALLBACK_PREDICTION = finalize(None)
@@ -222,6 +227,7 @@ class Miner:
         external_ip = cfg.axon_external_ip or ("127.0.0.1" if cfg.mock else None)
         axon = bt.Axon(wallet=self.wallet, port=cfg.axon_port, ip=ip, external_ip=external_ip,
                        external_port=cfg.axon_external_port, max_workers=cfg.axon_max_workers)
+        axon.fast_config.timeout_keep_alive = AXON_KEEP_ALIVE_S
         if cfg.mock:
             axon.fast_config.host = "127.0.0.1"  # loopback only
         elif ip in ("[::]", "::"):
@@ -456,6 +462,7 @@ class Miner:
                     s = self.stats
                     logger.info(f"status: uid {self.uid} requests {s.requests} answered {s.answered} "
                                 f"fallbacks {s.fallbacks} decode_errors {s.decode_errors} "
-                                f"rate_limited {s.rate_limited} last_latency {s.last_latency_ms:.0f} ms")
+                                f"rate_limited {s.rate_limited} busy_refused {s.busy_refused} degraded {s.degraded} "
+                                f"last_latency {s.last_latency_ms:.0f} ms")
         finally:
             self.stop()

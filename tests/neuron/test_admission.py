@@ -199,3 +199,22 @@ def test_burst_larger_than_the_old_cap_from_validators_is_all_answered(tmp_path)
         assert m.admission.inflight == 0
     finally:
         m.stop()
+
+
+def test_axon_keeps_idle_connections_longer_than_the_validators_client(tmp_path):
+    """uvicorn's default keep-alive (5 s) is shorter than aiohttp's client keep-alive (15 s): a validator
+    reusing a connection the axon is closing gets "Server disconnected" (a -1). The axon must outlast it."""
+    import aiohttp
+
+    m = _miner(tmp_path)
+    try:
+        async def client_keepalive():
+            conn = aiohttp.TCPConnector()
+            try:
+                return conn._keepalive_timeout
+            finally:
+                await conn.close()
+
+        assert m.axon.fast_config.timeout_keep_alive > asyncio.run(client_keepalive())
+    finally:
+        m.stop()
