@@ -162,12 +162,13 @@ def test_script_writes_a_report(toy_axon, tmp_path, capsys):
     spec.loader.exec_module(mod)
     out = tmp_path / "r.json"
     rc = mod.main(["--axon", f"127.0.0.1:{toy_axon['port']}", "--hotkey", toy_axon["hotkey"],
-                   "--images", str(_folder(tmp_path / "imgs")), "--challenges", "2", "--condition", "fullres",
-                   "--burst", "3", "--seed", "1", "--report", str(out), "--no-progress",
-                   "--wallet.path", str(tmp_path / "w")])
+                   "--images", str(_folder(tmp_path / "imgs")), "--challenges", "2", "--condition", "letterbox-2026-04",
+                   "--api-images", str(_folder(tmp_path / "api")), "--burst", "3", "--seed", "1", "--report", str(out),
+                   "--no-progress", "--wallet.path", str(tmp_path / "w")])
     assert rc == 0
     rep = json.loads(out.read_text())
-    assert rep["n"] == 6 and rep["no_answer"] == 0 and list(rep["per_condition"]) == ["fullres"]
+    assert rep["n"] == 6 and rep["no_answer"] == 0 and list(rep["per_condition"]) == ["letterbox-2026-04"]
+    assert rep["config"]["api"] == str(tmp_path / "api") and set(rep["per_source"]) <= {"real", "api"}
     text = capsys.readouterr().out
     assert "validator hotkey: 5" in text and "MCC / accuracy / AUC" in text
 
