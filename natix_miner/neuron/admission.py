@@ -31,9 +31,10 @@ Now the decision depends on who asks:
   (:class:`~natix_miner.neuron.blacklist.RateLimiter`) still refuses real abuse from anyone.
 
 Reservations: the blacklist step runs before ``forward`` (all requests of a burst reach it before any
-forward starts), so a slot is reserved there by ``(hotkey, nonce)`` and claimed by ``forward``; a
-request refused after the blacklist (bad signature, replay) never reaches ``forward`` and its
-reservation expires after ``reservation_ttl_s``.
+forward starts), so a slot is reserved there by ``(hotkey, nonce)`` and claimed by ``forward``, which
+also learns when the request passed the blacklist and counts its deadline from then; a request
+refused after the blacklist (bad signature, replay) never reaches ``forward`` and its reservation
+expires after ``reservation_ttl_s``.
 
 Everything here is thread-safe (the blacklist runs in the axon's threads, ``forward`` on its event
 loop), never raises into the axon, and imports nothing heavy.
@@ -121,11 +122,17 @@ class Admission:
                 self._count(hotkey, +1)
         return None
 
-    def claim(self, hotkey: Optional[str], nonce: Any) -> None:
-        """``forward`` starts: its reservation becomes the running slot (or a slot is taken now)."""
+    def claim(self, hotkey: Optional[str], nonce: Any) -> float | None:
+        """``forward`` starts: its reservation becomes the running slot (or a slot is taken now).
+
+        Returns when the request passed the blacklist (``clock()`` time), or ``None`` without a
+        reservation: the miner counts the request's deadline from there, not from the start of
+        ``forward``, because on a saturated machine the axon's steps in between can take seconds."""
         with self._lock:
-            if self.reserved.pop((hotkey, nonce), None) is None:  # expired or a direct call
+            reserved_at = self.reserved.pop((hotkey, nonce), None)
+            if reserved_at is None:  # expired or a direct call
                 self._count(hotkey, +1)
+            return reserved_at
 
     def release(self, hotkey: Optional[str]) -> None:
         with self._lock:

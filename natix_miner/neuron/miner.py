@@ -276,14 +276,17 @@ class Miner:
     async def forward(self, synapse: ImageSynapse) -> ImageSynapse:
         hotkey = synapse.dendrite.hotkey if synapse.dendrite is not None else None
         nonce = synapse.dendrite.nonce if synapse.dendrite is not None else None
-        self.admission.claim(hotkey, nonce)
+        received_at = self.admission.claim(hotkey, nonce)
         try:
-            return await self._forward(synapse)
+            return await self._forward(synapse, received_at)
         finally:
             self.admission.release(hotkey)
 
-    async def _forward(self, synapse: ImageSynapse) -> ImageSynapse:
-        t0 = time.monotonic()
+    async def _forward(self, synapse: ImageSynapse, received_at: typing.Optional[float] = None) -> ImageSynapse:
+        # the deadline counts from when the request passed the blacklist (the axon's verify/priority steps
+        # before forward can take seconds on a saturated machine), else from now
+        now = time.monotonic()
+        t0 = received_at if received_at is not None and received_at <= now else now
         self.stats.requests += 1
         timeout = synapse.timeout if synapse.timeout and synapse.timeout > 0 else 9.0
         deadline_s = self._profile.deadline_s if self._profile is not None else 6.0

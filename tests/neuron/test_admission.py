@@ -218,3 +218,31 @@ def test_axon_keeps_idle_connections_longer_than_the_validators_client(tmp_path)
         assert m.axon.fast_config.timeout_keep_alive > asyncio.run(client_keepalive())
     finally:
         m.stop()
+
+
+def test_deadline_counts_from_the_blacklist_step_not_from_forward(tmp_path, monkeypatch):
+    """On a saturated machine the axon's steps between the blacklist and forward can take seconds: the
+    budget must start when the request was admitted, else the answer leaves after the validator's 9 s."""
+    import time
+
+    m = _miner(tmp_path)
+    try:
+        seen = []
+
+        async def capture(image, *, key=None, deadline=None):
+            seen.append(deadline.at)
+            return None  # -> the fallback answer
+
+        monkeypatch.setattr(m.engine, "infer", capture)
+        admitted_at = time.monotonic() - 2.0  # admitted two seconds before forward runs
+        monkeypatch.setattr(m.admission, "clock", lambda: admitted_at)
+        assert m.admission.reserve("5Val", 42, validator=True) is None
+        monkeypatch.setattr(m.admission, "clock", time.monotonic)
+        syn = ImageSynapse(image=_b64((230, 20, 20)))
+        syn.dendrite.hotkey, syn.dendrite.nonce = "5Val", 42
+        out = asyncio.run(m.forward(syn))
+        budget = min(m._profile.deadline_s, syn.timeout - 1.5)
+        assert seen == [pytest.approx(admitted_at + budget, abs=1e-6)]
+        assert out.prediction == pytest.approx(0.4999) and m.admission.inflight == 0
+    finally:
+        m.stop()
