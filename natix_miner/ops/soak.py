@@ -510,6 +510,29 @@ def _free_port() -> int:
     return port
 
 
+MINER_STAT_KEYS = ("requests", "answered", "fallbacks", "degraded", "busy_refused", "rate_limited", "decode_errors",
+                   "admission")
+
+
+def fetch_miner_stats(port: int, timeout: float = 5.0) -> dict[str, Any] | None:
+    """The child miner's own counters from its ``/stats`` endpoint (loopback): how many answers were
+    degraded or fallbacks, which the client cannot tell from a valid prediction. None on failure."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=timeout) as resp:  # noqa: S310
+            st = json.loads(resp.read())
+    except Exception as e:  # noqa: BLE001 - the soak's report must not fail on this
+        logger.warning(f"could not read the miner's /stats: {type(e).__name__}: {e}")
+        return None
+    out = {k: st.get(k) for k in MINER_STAT_KEYS if k in st}
+    eng = st.get("engine") or {}
+    out["engine_exit_reasons"] = eng.get("exit_reasons")
+    out["engine_deduplicated"] = eng.get("deduplicated")
+    return out
+
+
 def run_soak(cfg: SoakConfig, *, command: str | None = None) -> dict[str, Any]:
     """Run the whole soak (start the miner unless ``cfg.axon``); returns the report (also written
     to ``cfg.report`` / ``cfg.png`` when set)."""
@@ -531,6 +554,7 @@ def run_soak(cfg: SoakConfig, *, command: str | None = None) -> dict[str, Any]:
     logger.info(f"{len(payloads)} payload(s) from {source}; validators: {', '.join(val_hotkeys)}")
 
     mp = None
+    health_port = None
     miner: dict[str, Any] = {}
     try:
         if cfg.axon:
@@ -548,6 +572,8 @@ def run_soak(cfg: SoakConfig, *, command: str | None = None) -> dict[str, Any]:
             host, port, hotkey = "127.0.0.1", _free_port(), miner_w.hotkey.ss58_address
             args = ["--mock", "--mock.validators", ",".join(val_hotkeys), "--wallet.path", str(tmp / "miner-wallet"),
                     "--wallet.name", "soak-miner", "--wallet.hotkey", "default", "--wandb.off"]
+            health_port = _free_port()
+            args += ["--health.port", str(health_port)]  # /stats: degraded answers and fallbacks
             if cfg.profile:
                 args += ["--profile", str(cfg.profile)]
             args += list(cfg.miner_args)
@@ -568,6 +594,8 @@ def run_soak(cfg: SoakConfig, *, command: str | None = None) -> dict[str, Any]:
         finally:
             sampler.stop()
         wall_s = time.monotonic() - t0
+        if health_port is not None:
+            miner["stats"] = fetch_miner_stats(health_port)
     finally:
         if mp is not None:
             took = mp.stop()
@@ -603,7 +631,15 @@ def summary_text(report: dict[str, Any]) -> str:
     return (f"requests {report['requests']}: answered {report['answered']}, late {report['late']}, errors "
             f"{report['errors']} (unanswered {report['unanswered']}); latency ms p50 {lat['p50']} p95 {lat['p95']} "
             f"p99 {lat['p99']} max {lat['max']}; RSS MB start {rss['start']} end {rss['end']} max {rss['max']} "
-            f"slope {rss['slope_mb_per_min']} MB/min ({rss['slope_mb_per_min_after_warmup']} after warm-up); {report['throughput_rps']} req/s over {report['wall_s']} s")
+            f"slope {rss['slope_mb_per_min']} MB/min ({rss['slope_mb_per_min_after_warmup']} after warm-up); {report['throughput_rps']} req/s over {report['wall_s']} s"
+            + _miner_stats_text(report.get("miner", {}).get("stats")))
+
+
+def _miner_stats_text(st: dict[str, Any] | None) -> str:
+    if not st:
+        return ""
+    return (f"; miner: requests {st.get('requests')}, degraded {st.get('degraded')}, fallbacks {st.get('fallbacks')}, "
+            f"refused busy {st.get('busy_refused')}")
 
 
 def build_parser():
