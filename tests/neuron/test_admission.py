@@ -189,7 +189,7 @@ def test_burst_larger_than_the_old_cap_from_validators_is_all_answered(tmp_path)
                                         burst(stranger, _b64(colors[0]), n=2))
 
         *val_res, stranger_res = asyncio.run(go())
-        for rs, color in zip(val_res, colors):
+        for rs in val_res:
             codes = [r.dendrite.status_code for r in rs]
             assert codes == [200] * 10, codes
             for r in rs:
