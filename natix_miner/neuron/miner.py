@@ -370,7 +370,9 @@ class Miner:
                     self.engine.infer(decoded.image, key=key, deadline=Deadline(deadline_at)),
                     timeout=max(0.05, deadline_at - time.monotonic() + HARD_CUT_GRACE_S),
                 )
-                if getattr(res, "exit_reason", None) not in ("cache", "fallback"):
+                # measure only answers a model computed: a cache hit, a fallback, or a tier the engine skipped
+                # for lack of time ("no_votes" with no tier used) returns at once and says nothing about speed
+                if getattr(res, "tiers_used", None) and getattr(res, "exit_reason", None) not in ("cache", "fallback"):
                     elapsed = time.monotonic() - t0
                 return res
             finally:

@@ -246,3 +246,33 @@ def test_deadline_counts_from_the_blacklist_step_not_from_forward(tmp_path, monk
         assert out.prediction == pytest.approx(0.4999) and m.admission.inflight == 0
     finally:
         m.stop()
+
+
+def test_service_time_learns_only_from_answers_a_model_computed(tmp_path, monkeypatch):
+    """A tier skipped for lack of time comes back at once with no votes: counting it as a fast service time
+    would make admission believe the engine is idle and admit everything (seen in a soak at load 13)."""
+    from natix_miner.engine.types import CascadeResult
+
+    m = _miner(tmp_path)
+    try:
+        results = iter([
+            CascadeResult(prediction=0.4999, confidence=0.5001, tiers_used=[], votes=[], latency_ms=0.1,
+                          exit_reason="no_votes"),
+            CascadeResult(prediction=0.9, confidence=0.9, tiers_used=["t"], votes=[], latency_ms=300.0,
+                          exit_reason="threshold"),
+        ])
+
+        async def infer(image, *, key=None, deadline=None):
+            res = next(results)
+            if res.tiers_used:
+                await asyncio.sleep(0.3)
+            return res
+
+        monkeypatch.setattr(m.engine, "infer", infer)
+        before = m.admission.service_s
+        asyncio.run(m.forward(ImageSynapse(image=_b64((230, 20, 20)))))
+        assert m.admission.service_s == before  # the skipped tier taught nothing
+        asyncio.run(m.forward(ImageSynapse(image=_b64((20, 20, 230)))))
+        assert m.admission.service_s != before and m.admission.service_s >= 0.8 * before + 0.2 * 0.3
+    finally:
+        m.stop()
