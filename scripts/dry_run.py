@@ -127,8 +127,11 @@ def print_summary(r: dict) -> None:
     print("=" * 72)
     print("natix-miner dry run (mock chain, local validator replica, loopback)")
     print("-" * 72)
-    print(f"challenges          : {r.get('n_challenges')} x burst {r.get('config', {}).get('burst', '?')} = "
-          f"{r.get('n')} queries   no answer (-1/timeouts/errors): {r.get('no_answer')}")
+    org = (r.get("organic") or {}).get("n", 0)
+    steps = f"{r.get('n_challenges', 0) - org} challenges x burst {r.get('config', {}).get('burst', '?')}"
+    if org:
+        steps += f" + {org} organic"
+    print(f"queries             : {steps} = {r.get('n')}   no answer (-1/timeouts/errors): {r.get('no_answer')}")
     print(f"MCC                 : {_fmt(r.get('mcc'))}")
     print(f"accuracy            : {_fmt(r.get('accuracy'))}")
     print(f"AUC                 : {_fmt(r.get('auc'))}")
