@@ -44,7 +44,9 @@ def print_summary(r: dict) -> None:
     cfg = r.get("config", {})
     print(f"mock validator -> {cfg.get('axon')}  (miner {cfg.get('miner_hotkey')})")
     print("-" * 72)
-    print(f"queries             : {r['n']} ({r['n_challenges']} challenges x burst {cfg.get('burst')})")
+    org = (r.get("organic") or {}).get("n", 0)
+    print(f"queries             : {r['n']} ({r['n_challenges'] - org} challenges x burst {cfg.get('burst')}"
+          + (f" + {org} organic)" if org else ")"))
     print(f"no answer           : {r['no_answer']}   out of range: {r['out_of_range']}   statuses: {r['status_counts']}")
     print(f"MCC / accuracy / AUC: {_fmt(r['mcc'])} / {_fmt(r['accuracy'])} / {_fmt(r['auc'])}")
     print(f"reward (mean/query) : {_fmt(r['reward'])}   final EMA score: {_fmt(r['ema_score'], 4)}")
