@@ -301,10 +301,10 @@ class RemoteEngine:
         was = self.breaker.state
         self.breaker.record_failure()
         self.remote_failed += 1
-        self.last_error = f"{type(e).__name__}: {e}"[:300]
+        self.last_error = f"{type(e).__name__}: {e or 'timed out'}"[:300]
         if self.breaker.state != was:
             logger.warning(f"remote engine degraded ({self.last_error}); answering locally, probing {self.url} "
-                           f"every {self.options.cooldown_s:.0f} s")
+                           f"every {self.options.cooldown_s:g} s")
         else:
             logger.debug(f"remote call failed: {self.last_error}")
 
