@@ -34,6 +34,8 @@ def main(argv=None) -> int:
     ap.add_argument("--report", default=str(ROOT / "reports" / "dry_run.json"))
     ap.add_argument("--wandb", action="store_true", help="let the miner log to wandb (offline mode)")
     ap.add_argument("--ready-timeout", type=float, default=300.0)
+    ap.add_argument("--engine-remote", default=None, metavar="URL",
+                    help="run the miner with --engine.remote URL (a cascade service: python -m natix_miner.serve)")
     a = ap.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -73,6 +75,8 @@ def main(argv=None) -> int:
         args += ["--profile", a.profile]
     if not a.wandb:
         args += ["--wandb.off"]
+    if a.engine_remote:
+        args += ["--engine.remote", a.engine_remote]
     log_path = report_path.with_name(report_path.stem + "_miner.log")
     logger.info(f"starting the miner (--mock) on 127.0.0.1:{port}; its log: {log_path}")
     t0 = time.monotonic()
@@ -92,7 +96,7 @@ def main(argv=None) -> int:
     report = dict(report)
     report["dry_run"] = {"miner_exit_code": mp.proc.returncode, "shutdown_s": round(shutdown_s, 2),
                          "images": str(a.images), "profile": a.profile or "configs/lite-cpu.yaml",
-                         "miner_log": str(log_path)}
+                         "miner_log": str(log_path), "engine_remote": a.engine_remote}
     report_path.write_text(json.dumps(report, indent=2, default=str))
     print_summary(report)
     print(f"report: {report_path}")
