@@ -5,7 +5,9 @@ the miner uses (``start``, ``async infer(image, key=, deadline=)``, ``stats``, `
 so the miner's request path does not change: it still decodes the image, builds the deadline and
 finalises the answer; this class only replaces "run the cascade here" by "ask the service".
 
-One request: result cache (by the image's sha256, like the in-process engine) → if the breaker lets
+One request: result cache (by the image's sha256, like the in-process engine) → single flight (an
+identical image already in flight, e.g. a validator's burst of ten copies, waits for that call
+instead of sending its own, as the in-process engine computes a batch's copies once) → if the breaker lets
 it through, POST the decoded image as raw RGB bytes with its remaining deadline to
 ``URL/infer`` (the service, ``python -m natix_miner.serve``, runs the same ``CascadeEngine``
 there) → on any failure (connection refused, timeout, 5xx, a malformed answer) the *fallback*:
@@ -30,7 +32,7 @@ import asyncio
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Mapping
 
 from loguru import logger
@@ -176,6 +178,8 @@ class RemoteEngine:
         self.local_answers = 0
         self.fallback_answers = 0
         self.reconnects = 0
+        self.coalesced = 0  # requests answered by an identical request already in flight
+        self._inflight: dict[str, asyncio.Future] = {}
 
     # ------------------------------------------------------------------------------ lifecycle
     @property
@@ -279,6 +283,32 @@ class RemoteEngine:
             return CascadeResult(prediction=hit.prediction, confidence=hit.confidence, tiers_used=list(hit.tiers_used),
                                  votes=list(hit.votes), latency_ms=(time.monotonic() - t0) * 1000.0,
                                  exit_reason="cache", raw_p=hit.raw_p, cached=True)
+        if key is None:
+            return await self._infer(image, key, deadline, t0)
+        # single flight: identical images in flight (a validator's burst of ten copies) share one call,
+        # as the in-process engine computes them once per micro-batch
+        loop = asyncio.get_running_loop()
+        lead = self._inflight.get(key)
+        if lead is not None and lead.get_loop() is loop:
+            self.coalesced += 1
+            res = await asyncio.shield(lead)
+            return replace(res, latency_ms=(time.monotonic() - t0) * 1000.0, votes=list(res.votes),
+                           tiers_used=list(res.tiers_used))
+        fut: asyncio.Future[CascadeResult] = loop.create_future()
+        self._inflight[key] = fut
+        try:
+            res = await self._infer(image, key, deadline, t0)
+            fut.set_result(res)
+            return res
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()  # retrieved: no "never retrieved" warning when nobody followed
+            raise
+        finally:
+            if self._inflight.get(key) is fut:
+                del self._inflight[key]
+
+    async def _infer(self, image: Any, key: str | None, deadline: Deadline, t0: float) -> CascadeResult:
         budget = deadline.remaining() - self.reserve_s
         if not self._closed and budget > 0.01 and self.breaker.allow():
             try:
@@ -351,6 +381,7 @@ class RemoteEngine:
             "local_answers": self.local_answers,
             "fallback_answers": self.fallback_answers,
             "reconnects": self.reconnects,
+            "coalesced": self.coalesced,
             "cache": self.cache.stats(),
             "service": {k: self.service.get(k) for k in ("profile", "ready", "models")} if self.service else {},
         }

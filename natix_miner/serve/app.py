@@ -80,6 +80,19 @@ def build_app(profile: "Profile", devices: dict[str, float], *, allow_restricted
     return app, summary
 
 
+def app_builder(args: dict[str, str]) -> Any:
+    """Serve's application-builder hook, for ``serve run`` / ``serve deploy`` and KubeRay's
+    RayService (``import_path: natix_miner.serve.app:app_builder``, ``args: {profile: ...}``).
+    Args: ``profile`` (path), optional ``gpu_memory_mb``, ``allow_restricted`` (true/false)."""
+    from natix_miner.profile import load_profile
+    from natix_miner.serve.config import cluster_devices
+
+    profile = load_profile(args.get("profile"))
+    gpu_mb = float(args["gpu_memory_mb"]) if args.get("gpu_memory_mb") else None
+    allow = str(args.get("allow_restricted", "false")).lower() in ("1", "true", "yes")
+    return build_app(profile, cluster_devices(gpu_mb), allow_restricted=allow)[0]
+
+
 @dataclass
 class ServeHandle:
     """A deployed service: its URL and how to take it down."""

@@ -1,6 +1,6 @@
 """``scripts/bench_serve.py``: what serving the cascade on Ray Serve costs, in one run (JSON).
 
-1. ``overhead``: per-request latency, one request at a time (result caches off), of the same
+1. ``overhead``: per-request latency, one request at a time (no image key, so no cache), of the same
    profile in process (``CascadeEngine.infer``) and through the service (``RemoteEngine.infer``:
    encode → HTTP → Serve proxy → ingress ``CascadeEngine`` → model deployment handle → back), for
    the given profile (default lite-cpu) and for a zero-cost fake model (pure serving overhead).
@@ -191,7 +191,9 @@ def run(profile_path: str | None, n: int, warmup: int, rounds: int, num_cpus: in
 
     profile_path = profile_path or str(REPO_ROOT / "configs" / "lite-cpu.yaml")
     prof = load_profile(profile_path)
-    prof.cache.enabled = False  # every request computed, in process and in the service
+    # the overhead requests carry no key, so no cache answers them (in process or in the service); the miners
+    # of the burst test send keys, and their engines (remote: single flight; in process: batch dedup) and
+    # the service use the profile's cache as configured
     prof.serve = prof.serve or {"ingress": {"num_cpus": 0.25}, "defaults": {"num_cpus": 1}}
     zero = parse_profile({**ZERO_COST, "serve": {"ingress": {"num_cpus": 0.1}, "defaults": {"num_cpus": 0.1}}})
     import socket

@@ -128,6 +128,21 @@ def test_complete_answers_are_cached_by_key(stub):
         eng.close()
 
 
+def test_identical_requests_in_flight_share_one_call(stub):
+    """A validator's burst of ten copies costs one call to the service, like one micro-batch in process."""
+    eng = RemoteEngine(stub.url, color_profile(), options=FAST)
+    eng.start()
+    try:
+        im = images(1)[0]
+        res = _run(_infer_all(eng, [im] * 10, keys=["same"] * 10))
+        assert stub.requests == 1 and eng.coalesced == 9
+        assert len({r.prediction for r in res}) == 1 and res[0].exit_reason == "threshold"
+        other = _run(_infer_all(eng, images(3), keys=["a", "b", "c"]))  # different keys: one call each
+        assert stub.requests == 4 and len({r.prediction for r in other}) == 3
+    finally:
+        eng.close()
+
+
 def test_service_down_answers_fallback_in_time_then_reconnects():
     port = free_port()
     eng = RemoteEngine(f"http://127.0.0.1:{port}", color_profile(), options=FAST)

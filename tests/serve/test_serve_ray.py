@@ -261,3 +261,20 @@ def test_lite_cpu_profile_served_equals_in_process(service):
         lite.shutdown()
     assert [g.exit_reason for g in got] == [w.exit_reason for w in want]
     assert [g.prediction for g in got] == pytest.approx([w.prediction for w in want], abs=1e-6)
+
+
+def test_app_builder_for_serve_run_and_kuberay(service, tmp_path):
+    from ray.serve import Application
+
+    from natix_miner.serve.app import app_builder
+
+    p = tmp_path / "p.yaml"
+    p.write_text(json.dumps({**COLOR_PROFILE, "serve": {"models": {"color": {"num_replicas": 3}}}}))
+    app = app_builder({"profile": str(p)})
+    assert isinstance(app, Application)
+    ing = app._bound_deployment  # what `serve run natix_miner.serve.app:app_builder profile=...` deploys
+    _, handles, replicas, allow = ing.init_args
+    assert ing.name == "cascade" and replicas == {"color": 3, "steady": 1} and allow is False
+    color = handles["color"]._bound_deployment
+    assert color.name == "model-color" and color.num_replicas == 3
+    assert color.ray_actor_options["num_gpus"] == 0.0 and color.ray_actor_options["num_cpus"] == 1.0
