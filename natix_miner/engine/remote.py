@@ -266,6 +266,8 @@ class RemoteEngine:
         with self._lock:
             entry = self._clients.get(id(loop))
             if entry is None or entry[0] is not loop:
+                for k in [k for k, (lp, _) in self._clients.items() if lp.is_closed()]:
+                    del self._clients[k]  # clients of finished loops (scripts calling asyncio.run repeatedly)
                 client = httpx.AsyncClient(limits=httpx.Limits(max_connections=256,
                                                                            max_keepalive_connections=64))
                 entry = (loop, client)
@@ -340,8 +342,9 @@ class RemoteEngine:
 
     async def _ask(self, image: Any, key: str | None, budget_s: float) -> CascadeResult:
         body, headers = await asyncio.to_thread(encode_image, image, self.options.encoding)
-        # the service must answer with time left for the trip back
-        headers["X-Deadline-Ms"] = f"{max(1.0, (budget_s - 0.02) * 1000.0):.1f}"
+        # the service must answer with time left for the trip back (HTTP + Serve proxy: tens of ms)
+        margin = min(0.25, max(0.05, 0.05 * budget_s))
+        headers["X-Deadline-Ms"] = f"{max(1.0, (budget_s - margin) * 1000.0):.1f}"
         if key:
             headers["X-Image-Key"] = key
         import httpx

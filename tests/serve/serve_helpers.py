@@ -54,6 +54,7 @@ class StubService:
         self.mode = "ok"
         self.slow_s = slow_s
         self.requests = 0
+        self.deadlines_ms: list[float] = []
         self.port = port
         self._server: ThreadingHTTPServer | None = None
 
@@ -88,6 +89,7 @@ class StubService:
                 except WireError as e:
                     return self._send(400, {"error": str(e)})
                 ms = float(self.headers["X-Deadline-Ms"])
+                outer.deadlines_ms.append(ms)
                 res = outer.engine.infer_batch_sync([im], keys=[self.headers.get("X-Image-Key")],
                                                     deadline_s=ms / 1000.0)[0]
                 self._send(200, res.to_dict())

@@ -128,6 +128,17 @@ def test_complete_answers_are_cached_by_key(stub):
         eng.close()
 
 
+def test_the_service_gets_the_time_left_minus_reserve_and_return_trip(stub):
+    eng = RemoteEngine(stub.url, color_profile(), options=RemoteOptions(reserve_s=0.5))
+    eng.start()
+    try:
+        _run(eng.infer(images(1)[0], deadline=Deadline.after(3.0)))
+    finally:
+        eng.close()
+    # 3.0 s - 0.5 s reserve - a 0.125 s margin for the answer's trip back
+    assert 2000 < stub.deadlines_ms[0] <= 2375
+
+
 def test_identical_requests_in_flight_share_one_call(stub):
     """A validator's burst of ten copies costs one call to the service, like one micro-batch in process."""
     eng = RemoteEngine(stub.url, color_profile(), options=FAST)
