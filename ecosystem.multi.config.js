@@ -4,7 +4,7 @@
 // the models are loaded once, in the service. Settings come from .env (see .env.example) plus:
 //   MINER_HOTKEYS        comma list of hotkey names of WALLET_NAME (default: default)
 //   MINER_AXON_PORT      axon port of the first miner; the next ones use +1, +2, ... (default 8091)
-//   HEALTH_PORT          health port of the first miner, +1, +2, ... (default 9100)
+//   HEALTH_PORT          health port of the first miner, +1, +2, ... (default and when 0: 9100)
 //   SERVE_PROFILE        profile the service runs (default: MINER_PROFILE or configs/lite-cpu.yaml)
 //   SERVE_PORT           service HTTP port on 127.0.0.1 (default 8000)
 //   SERVE_RAY_ADDRESS    join a Ray cluster (`ray start --head` on this box: auto) instead of a private Ray
@@ -29,7 +29,7 @@ const profile = env.MINER_PROFILE || "configs/lite-cpu.yaml";
 const servePort = env.SERVE_PORT || "8000";
 const hotkeys = (env.MINER_HOTKEYS || env.WALLET_HOTKEY || "default").split(",").map((h) => h.trim()).filter(Boolean);
 const axonBase = parseInt(env.MINER_AXON_PORT || "8091", 10);
-const healthBase = parseInt(env.HEALTH_PORT || "9100", 10);
+const healthBase = parseInt(env.HEALTH_PORT || "0", 10) || 9100; // 0 (off for a lone miner) -> 9100
 
 const serveArgs = ["-m", "natix_miner.serve", "--profile", env.SERVE_PROFILE || profile, "--port", servePort];
 if (env.SERVE_RAY_ADDRESS) serveArgs.push("--address", env.SERVE_RAY_ADDRESS);

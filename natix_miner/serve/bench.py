@@ -91,7 +91,8 @@ def measure_overhead(profile: Any, url: str, n: int, warmup: int) -> dict[str, A
         remote.close()
     a, b = _summary(in_proc), _summary(served)
     return {"profile": profile.name, "in_process": a, "remote": b,
-            "overhead_p50_ms": round(b["p50_ms"] - a["p50_ms"], 2), "overhead_p99_ms": round(b["p99_ms"] - a["p99_ms"], 2),
+            "overhead_p50_ms": round(b["p50_ms"] - a["p50_ms"], 2),
+            "overhead_p99_ms": round(b["p99_ms"] - a["p99_ms"], 2),
             "remote_fallbacks": stats["fallback_answers"]}
 
 

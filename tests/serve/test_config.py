@@ -79,3 +79,21 @@ def test_served_models_skip_disabled_and_restricted():
     prof = _gpu_profile()
     assert [m.name for m in served_models(prof, False)] == ["det", "small"]
     assert [m.name for m in served_models(prof, True)] == ["det", "small", "nc"]
+
+
+def test_cli_dry_run_prints_the_plan(tmp_path, capsys):
+    import json
+
+    from serve_helpers import COLOR_PROFILE
+
+    from natix_miner.serve.app import main
+
+    p = tmp_path / "p.yaml"
+    p.write_text(json.dumps({**COLOR_PROFILE, "serve": {"models": {"color": {"num_replicas": 2, "num_cpus": 0.5}}}}))
+    assert main(["--profile", str(p), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    plan = json.loads(out[:out.index("\n}\n") + 2])
+    assert plan["color"]["replicas"] == 2 and plan["color"]["num_cpus"] == 0.5 and "color#1" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(json.dumps({**COLOR_PROFILE, "serve": {"models": {"nope": {}}}}))
+    assert main(["--profile", str(bad), "--dry-run"]) == 2

@@ -10,10 +10,10 @@ import time
 import urllib.request
 
 import pytest
+from _helpers import free_port
 from PIL import Image
 from serve_helpers import StubService, color_profile, images, wait_until
 
-from _helpers import free_port
 from natix_miner.engine.cascade import CascadeEngine
 from natix_miner.engine.consensus import finalize
 from natix_miner.engine.deadline import Deadline
@@ -228,12 +228,14 @@ def test_options_and_url_are_checked():
 def test_miner_health_says_degraded_and_recovers(tmp_path):
     """--engine.remote on a dead port: the miner starts, answers the fallback in time, /health is
     200 with degraded true; once the service is up it reconnects and answers from it."""
+    import base64
+    import io
+
+    from _helpers import make_wallet
+
     from natix_miner.neuron.config import parse_config
     from natix_miner.neuron.miner import Miner
     from natix_miner.protocol import ImageSynapse
-    from _helpers import make_wallet
-    import base64
-    import io
 
     make_wallet(tmp_path, "miner")
     prof = tmp_path / "p.yaml"

@@ -9,14 +9,13 @@ import json
 import math
 import os
 import signal
-import time
 import urllib.request
 
 import pytest
+from _helpers import free_port, make_wallet
 from PIL import Image
 from serve_helpers import COLOR_PROFILE, images, wait_until
 
-from _helpers import free_port, make_wallet
 from natix_miner.engine.cascade import CascadeEngine
 from natix_miner.engine.deadline import Deadline
 from natix_miner.engine.remote import RemoteEngine, RemoteOptions
