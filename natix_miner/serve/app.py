@@ -167,11 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
                    default=os.environ.get("ALLOW_RESTRICTED_LICENCES", "") in ("1", "true", "yes"),
                    help="serve models whose licence is non-commercial or gated (you accept their terms)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (resources, placement) and exit")
+    p.add_argument("--gpus", type=int, default=None,
+                   help="--dry-run: plan for this many GPUs of --gpu-memory-mb each instead of this machine's")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
+    from natix_miner.devices import PlacementError
     from natix_miner.profile import ProfileError, load_profile
 
     os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -182,9 +185,15 @@ def main(argv: list[str] | None = None) -> int:
 
             from natix_miner.devices import detect_devices
 
-            devs = detect_devices(cuda=True)
-            if a.gpu_memory_mb:
-                devs = {k: (a.gpu_memory_mb if k.startswith("cuda:") else v) for k, v in devs.items()}
+            if a.gpus is not None:
+                if a.gpus and not a.gpu_memory_mb:
+                    raise ProfileError("--gpus needs --gpu-memory-mb (memory of one GPU, MB)")
+                devs = {**{f"cuda:{i}": float(a.gpu_memory_mb) for i in range(a.gpus)},
+                        "cpu": detect_devices(cuda=False)["cpu"]}
+            else:
+                devs = detect_devices(cuda=True)
+                if a.gpu_memory_mb:
+                    devs = {k: (a.gpu_memory_mb if k.startswith("cuda:") else v) for k, v in devs.items()}
             res, plan = plan_resources(profile, parse_serve_spec(profile), devs, a.allow_restricted)
             print(json.dumps({n: {**r.actor_options(), "device": r.device, "replicas": r.replicas}
                               for n, r in res.items()}, indent=2))
@@ -192,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         svc = deploy(profile, host=a.host, port=a.port, address=a.address, allow_restricted=a.allow_restricted,
                      gpu_memory_mb=a.gpu_memory_mb, num_cpus=a.num_cpus)
-    except ProfileError as e:
+    except (ProfileError, PlacementError) as e:
         logger.error(str(e))
         return 2
     stop = threading.Event()

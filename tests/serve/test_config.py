@@ -97,3 +97,17 @@ def test_cli_dry_run_prints_the_plan(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text(json.dumps({**COLOR_PROFILE, "serve": {"models": {"nope": {}}}}))
     assert main(["--profile", str(bad), "--dry-run"]) == 2
+
+
+def test_cli_dry_run_plans_for_gpus_this_machine_does_not_have(tmp_path, capsys):
+    import json
+
+    from natix_miner.serve.app import main
+
+    p = tmp_path / "g.yaml"
+    p.write_text(json.dumps({"name": "g", "tiers": [{"name": "t", "exit_threshold": 0.9, "models": [
+        {"name": "det", "type": "fake", "licence": "MIT", "memory_mb": 36000, "device": "cuda"}]}]}))
+    assert main(["--profile", str(p), "--dry-run", "--gpus", "2", "--gpu-memory-mb", "80000"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[:out.index("\n}\n") + 2])["det"]["num_gpus"] == 0.5
+    assert main(["--profile", str(p), "--dry-run", "--gpus", "0"]) == 2  # a GPU model and no GPU: refused
