@@ -101,55 +101,91 @@ def _b64(color) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-@pytest.mark.slow
-def test_two_miners_with_their_own_hotkeys_share_the_service(service, tmp_path):
-    """Two `neurons/miner.py --mock --engine.remote URL` processes, each with its own hotkey and port,
-    answer a validator's concurrent bursts of ten (the in-repo validator client, a real bt.Dendrite
-    through each real axon; the bittensor 9.12.2 venv is not built here)."""
+@pytest.fixture(scope="module")
+def miners(service, tmp_path_factory):
+    """Two `neurons/miner.py --mock --engine.remote URL` processes, each with its own hotkey, axon and
+    health port, sharing the module's service."""
     from natix_miner.neuron.launcher import MinerProcess
-    from natix_miner.validator.client import make_axon_info, make_dendrite, query
 
     svc, _ = service
-    prof = tmp_path / "p.yaml"
+    tmp = tmp_path_factory.mktemp("miners")
+    prof = tmp / "p.yaml"
     prof.write_text(json.dumps(COLOR_PROFILE))
-    val = make_wallet(tmp_path, "validator")
-    miners = []
+    val = make_wallet(tmp, "validator")
+    out = []
     try:
         for name in ("hot-a", "hot-b"):
-            w = make_wallet(tmp_path, name)
+            w = make_wallet(tmp, name)
             port, hport = free_port(), free_port()
-            mp = MinerProcess(["--mock", "--mock.validators", val.hotkey.ss58_address, "--wallet.path", str(tmp_path),
+            mp = MinerProcess(["--mock", "--mock.validators", val.hotkey.ss58_address, "--wallet.path", str(tmp),
                                "--wallet.name", name, "--profile", str(prof), "--wandb.off", "--engine.remote", svc.url,
-                               "--health.port", str(hport)], port, tmp_path / f"{name}.log")
-            miners.append((mp, w, port, hport))
-        for mp, *_ in miners:
-            mp.wait_ready(timeout=120)
-
-        async def bursts(color):
-            d = make_dendrite(val, offline=True)
-            try:
-                return await asyncio.gather(*[query(d, make_axon_info("127.0.0.1", port, w.hotkey.ss58_address),
-                                                    _b64(color), n_copies=10) for _, w, port, _ in miners])
-            finally:
-                await d.aclose_session()
-
-        red = asyncio.run(bursts((230, 20, 20)))
-        for per_miner in red:
-            assert [r.status_code for r in per_miner] == [200] * 10, per_miner
-            assert all(0.5 < r.prediction < 1.0 for r in per_miner), per_miner
-        blue = asyncio.run(bursts((20, 20, 230)))
-        assert all(0.0 < r.prediction < 0.5 for per_miner in blue for r in per_miner)
-        hotkeys = set()
-        for mp, w, _, hport in miners:
-            with urllib.request.urlopen(f"http://127.0.0.1:{hport}/health", timeout=10) as r:
-                h = json.loads(r.read())
-            assert h["degraded"] is False and h["engine"]["remote_ok"] >= 2, h
-            assert h["engine"]["fallback_answers"] == 0
-            hotkeys.add(h["hotkey"])
-        assert hotkeys == {w.hotkey.ss58_address for _, w, _, _ in miners}
+                               "--health.port", str(hport)], port, tmp / f"{name}.log")
+            out.append({"mp": mp, "wallet": w, "port": port, "hport": hport})
+        for m in out:
+            m["mp"].wait_ready(timeout=120)
+        yield {"miners": out, "validator": val, "tmp": tmp}
     finally:
-        for mp, *_ in miners:
-            mp.stop(signal.SIGTERM)
+        for m in out:
+            m["mp"].stop(signal.SIGTERM)
+
+
+def _health(m) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{m['hport']}/health", timeout=10) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.slow
+def test_two_miners_with_their_own_hotkeys_share_the_service(miners):
+    """Both miners answer a validator's concurrent bursts of ten through the wire: the in-repo
+    validator client, a real bt.Dendrite through each real axon (the 9.12.2 client: next test)."""
+    from natix_miner.validator.client import make_axon_info, make_dendrite, query
+
+    ms, val = miners["miners"], miners["validator"]
+
+    async def bursts(color):
+        d = make_dendrite(val, offline=True)
+        try:
+            return await asyncio.gather(*[
+                query(d, make_axon_info("127.0.0.1", m["port"], m["wallet"].hotkey.ss58_address), _b64(color),
+                      n_copies=10) for m in ms])
+        finally:
+            await d.aclose_session()
+
+    red = asyncio.run(bursts((230, 20, 20)))
+    for per_miner in red:
+        assert [r.status_code for r in per_miner] == [200] * 10, per_miner
+        assert all(0.5 < r.prediction < 1.0 for r in per_miner), per_miner
+    blue = asyncio.run(bursts((20, 20, 230)))
+    assert all(0.0 < r.prediction < 0.5 for per_miner in blue for r in per_miner)
+    hs = [_health(m) for m in ms]
+    for h in hs:
+        assert h["degraded"] is False and h["engine"]["remote_ok"] >= 2, h
+        assert h["engine"]["fallback_answers"] == 0
+    assert {h["hotkey"] for h in hs} == {m["wallet"].hotkey.ss58_address for m in ms}
+
+
+@pytest.mark.wire
+def test_two_miners_answer_a_9_12_2_validator(miners):
+    """The validators' own bittensor 9.12.2 (scripts/wire/client.py in .venv-wire, or $WIRE_VENV)
+    sends bursts of ten to both miners at once."""
+    import subprocess
+
+    venv = os.environ.get("WIRE_VENV", str(REPO_ROOT / ".venv-wire"))
+    r = subprocess.run(["bash", str(REPO_ROOT / "scripts/wire/make_venv.sh")], capture_output=True, text=True,
+                       timeout=900, env={**os.environ, "WIRE_VENV": venv})
+    assert r.returncode == 0, f"could not build the 9.12.2 venv:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+    procs = [subprocess.Popen([f"{venv}/bin/python", str(REPO_ROOT / "scripts/wire/client.py"),
+                               "--axon", f"127.0.0.1:{m['port']}", "--miner-hotkey", m["wallet"].hotkey.ss58_address,
+                               "--wallet.path", str(miners["tmp"]), "--wallet.name", "validator", "--n", "10",
+                               "--color", "220,30,30", "--offline"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for m in miners["miners"]]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-3000:]
+        res = json.loads(out[out.index("{"):])
+        assert res["bittensor"] == "9.12.2"
+        assert [x["status_code"] for x in res["responses"]] == [200] * 10, res
+        assert all(0.5 < x["prediction"] < 1.0 for x in res["responses"]), res
 
 
 def _replicas(deployment: str) -> list[str]:
