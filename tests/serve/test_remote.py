@@ -273,3 +273,15 @@ def test_miner_health_says_degraded_and_recovers(tmp_path):
 
 
 COLOR_JSON = json.loads(json.dumps(__import__("serve_helpers").COLOR_PROFILE))
+
+
+def test_make_remote_engine_builds_the_local_fallback_with_the_miners_deadline(tmp_path):
+    from natix_miner.engine.remote import make_remote_engine
+
+    fb = tmp_path / "fb.yaml"
+    fb.write_text(json.dumps({**COLOR_JSON, "name": "fallback", "deadline_s": 5.0}))
+    prof = color_profile()
+    eng = make_remote_engine("http://127.0.0.1:1", prof, str(fb))
+    assert isinstance(eng.fallback, CascadeEngine) and eng.fallback.profile.name == "fallback"
+    assert eng.fallback.profile.deadline_s == prof.deadline_s and eng.reserve_s == 1.0
+    assert make_remote_engine("http://127.0.0.1:1", prof).fallback is None
