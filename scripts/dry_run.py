@@ -50,6 +50,8 @@ def main(argv=None) -> int:
     ap.add_argument("--wandb", action="store_true", help="let the miner log to wandb (offline mode)")
     ap.add_argument("--ready-timeout", type=float, default=300.0)
     ap.add_argument("--no-progress", dest="progress", action="store_false")
+    ap.add_argument("--engine-remote", default=None, metavar="URL",
+                    help="run the miner with --engine.remote URL (a cascade service: python -m natix_miner.serve)")
     a = ap.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -90,6 +92,8 @@ def main(argv=None) -> int:
         args += ["--profile", a.profile]
     if not a.wandb:
         args += ["--wandb.off"]
+    if a.engine_remote:
+        args += ["--engine.remote", a.engine_remote]
     log_path = report_path.with_name(report_path.stem + "_miner.log")
     logger.info(f"starting the miner (--mock) on 127.0.0.1:{port}; its log: {log_path}")
     t0 = time.monotonic()
@@ -110,7 +114,8 @@ def main(argv=None) -> int:
     report["dry_run"] = {"miner_exit_code": mp.proc.returncode, "miner_pid": mp.proc.pid,
                          "shutdown_s": round(shutdown_s, 2), "workdir": str(tmp), "workdir_removed": not tmp.exists(),
                          "images": str(a.images), "api_images": a.api_images,
-                         "profile": a.profile or "configs/lite-cpu.yaml", "miner_log": str(log_path)}
+                         "profile": a.profile or "configs/lite-cpu.yaml", "miner_log": str(log_path),
+                         "engine_remote": a.engine_remote}
     report_path.write_text(json.dumps(report, indent=2, default=str))
     print_summary(report)
     print(f"report: {report_path}")

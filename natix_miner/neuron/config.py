@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="disable the result cache (load tests: every request is computed)")
     g.add_argument("--engine.deadline_s", dest="deadline_s", type=float, default=None,
                    help="answer within this many seconds of receipt (default: the profile's deadline_s)")
+    g.add_argument("--engine.remote", dest="engine_remote", default=_env("ENGINE_REMOTE"),
+                   help="URL of a shared cascade service (python -m natix_miner.serve, docs/serving.md); "
+                        "--profile then only sets the deadline, cache and epsilon")
+    g.add_argument("--engine.remote_fallback", dest="engine_remote_fallback", default=_env("ENGINE_REMOTE_FALLBACK"),
+                   help="profile run locally while the --engine.remote service is down or slow "
+                        "(default: none, answer the fallback value)")
 
     g = p.add_argument_group("neuron")
     g.add_argument("--neuron.sync_interval", dest="sync_interval", type=float, default=60.0,
@@ -154,6 +160,8 @@ class MinerConfig:
     allow_restricted: bool = False
     deadline_s: float | None = None
     no_cache: bool = False
+    engine_remote: str | None = None
+    engine_remote_fallback: str | None = None
     sync_interval: float = 60.0
     neuron_name: str = "miner"
     health_port: int = 0

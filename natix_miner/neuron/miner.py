@@ -137,6 +137,11 @@ class Miner:
             self._profile.deadline_s = self.config.deadline_s
         if self.config.no_cache:
             self._profile.cache.enabled = False
+        if getattr(self.config, "engine_remote", None):
+            from natix_miner.engine.remote import make_remote_engine
+
+            return make_remote_engine(self.config.engine_remote, self._profile, self.config.engine_remote_fallback,
+                                      allow_restricted=self.config.allow_restricted, devices=self.config.devices())
         return CascadeEngine(self._profile, allow_restricted=self.config.allow_restricted,
                              devices=self.config.devices())
 
@@ -188,6 +193,8 @@ class Miner:
                 out["engine"] = self.engine.stats()
             except Exception as e:
                 out["engine"] = {"error": str(e)}
+        # a remote engine answering from its fallback (service down or slow) is degraded, not down
+        out["degraded"] = bool(getattr(self.engine, "degraded", False))
         return out
 
     def setup(self) -> None:
