@@ -40,7 +40,8 @@ NEGATIVE_PROMPT = (
     "helicopter view, top-down view, security camera, cctv, surveillance camera, indoor scene, interior, portrait, "
     "face, person close-up, selfie, vibrant colors, oversaturated, neon, glowing, night vision, thermal imaging, "
     "fisheye lens, wide angle distortion")
-T2I_NEGATIVE_EXTRA = ", motion blur, blurry, out of focus, unfocused, soft focus, speed blur, camera shake, movement blur"
+T2I_NEGATIVE_EXTRA = (", motion blur, blurry, out of focus, unfocused, soft focus, speed blur, camera shake, "
+                      "movement blur")
 LABEL_DIRS = {1: "roadwork", 0: "no_roadwork"}
 SOURCES_COLUMNS = ("file", "label", "source_repo", "source_path", "license", "notes", "kind", "parent", "generator",
                    "generator_license")
