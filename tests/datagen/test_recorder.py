@@ -9,9 +9,9 @@ import os
 
 import numpy as np
 import pytest
+from _helpers import FAKE_COLOR_PROFILE, free_port, make_wallet
 from PIL import Image
 
-from _helpers import FAKE_COLOR_PROFILE, free_port, make_wallet
 from natix_miner.neuron.recorder import GB, Recorder, RecordItem, sniff_ext
 
 
