@@ -113,3 +113,13 @@ def test_cuda_oom_names_the_flags(data, tmp_path, monkeypatch, capsys):
     assert main(train_args(data, tmp_path / "run", "test_convnext", "--epochs", "1")) == 2
     err = capsys.readouterr().err
     assert "--batch-size" in err and "--grad-accum" in err and "--image-size" in err
+
+
+def test_cross_validation_reports_out_of_fold_metrics_and_exports(data, tmp_path):
+    out = tmp_path / "cv"
+    assert main(train_args(data, out, "test_convnext", "--epochs", "1", "--cv-folds", "2")) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["cv"]["folds"] == 2 and m["cv"]["inner"] == "holdout"
+    assert m["n"] == 32  # every image predicted once, out of fold
+    assert (out / "cv" / "fold0" / "scores.json").is_file() and (out / "cv" / "fold1" / "scores.json").is_file()
+    assert (out / "model" / "model.safetensors").is_file() and m["threshold"] == m["final_model"]["threshold"]
