@@ -132,13 +132,14 @@ def plan_jobs(cfg: SynthConfig, reals: list[RealImage]) -> list[Job]:
             parent = lst[(i // len(labels)) % len(lst)]
             k = used.get(parent.key, 0)
             used[parent.key] = k + 1
-            jid = f"{hashlib.sha1(parent.key.encode()).hexdigest()[:12]}-{k}"
+            jid = hashlib.sha1(f"{parent.key}#{k}".encode()).hexdigest()[:12]
             jobs.append(Job(id=jid, kind="i2i", label=lab, seed=_job_seed(cfg.seed, "i2i" + jid), parent=parent))
     for i in range(cfg.n_t2i):
         lab = 1 - i % 2
         refs = by_label[lab]
         ref = refs[rng.randrange(len(refs))] if refs else None
-        jid = f"{lab}-{i:06d}"
+        # no running number in the name: the training reader groups numbered frames in blocks (stem_group)
+        jid = hashlib.sha1(f"{cfg.seed}:{lab}:{i}".encode()).hexdigest()[:12]
         jobs.append(Job(id=jid, kind="t2i", label=lab, seed=_job_seed(cfg.seed, "t2i" + jid), parent=ref))
     return jobs
 
@@ -162,8 +163,11 @@ def load_pipelines(model_id: str, device: str, dtype: Any) -> tuple[Any, Any]:
     the model is cached or ``model_id`` is a local folder."""
     import torch
     from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+    from diffusers.utils import deprecation_utils
 
-    kw: dict[str, Any] = {"torch_dtype": dtype, "use_safetensors": True}
+    # diffusers >= 0.42 names it `dtype` (torch_dtype is deprecated); older releases only know torch_dtype
+    dtype_kw = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+    kw: dict[str, Any] = {dtype_kw: dtype, "use_safetensors": True}
     if dtype == torch.float16 and not Path(model_id).is_dir():
         kw["variant"] = "fp16"
     i2i = StableDiffusionXLImg2ImgPipeline.from_pretrained(model_id, **kw).to(device)

@@ -20,7 +20,7 @@ def make_real_folder(root, n_per_class=3, size=(48, 40), corrupt=False):
         (root / sub).mkdir(parents=True)
         for i in range(n_per_class):
             arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-            f = f"{sub}/cam_{i * 100:05d}.jpg"
+            f = f"{sub}/cam{sub[0]}_{i * 100:05d}.jpg"
             Image.fromarray(arr).save(root / f)
             rows.append(f"{f}\t{sub}\tsome/repo\tx/{i}.jpg\tCC-BY-4.0\ttest")
     if corrupt:
