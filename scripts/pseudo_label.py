@@ -29,6 +29,8 @@ def main(argv=None) -> int:
     ap.add_argument("--link", default="hardlink", choices=["hardlink", "copy", "symlink"],
                     help="how images are placed under OUT/images (hardlink falls back to copy)")
     ap.add_argument("--deadline-s", type=float, default=None, help="per-batch deadline (default: none, all tiers)")
+    ap.add_argument("--tiers", default=None, help="only these tiers of the profile (comma list, e.g. the VLM tiers)")
+    ap.add_argument("--all-tiers", action="store_true", help="no early exit: every selected tier votes on every image")
     ap.add_argument("--devices", default=None, help="e.g. cpu or cuda:0,cuda:1")
     ap.add_argument("--allow-restricted", action="store_true")
     ap.add_argument("--report", default=None, help="write a JSON report here")
@@ -40,7 +42,8 @@ def main(argv=None) -> int:
     try:
         cfg = PseudoConfig(images=a.images, out=a.out, profile=a.profile, min_confidence=a.min_confidence,
                            batch_size=a.batch_size, link=a.link, deadline_s=a.deadline_s,
-                           allow_restricted=a.allow_restricted,
+                           allow_restricted=a.allow_restricted, all_tiers=a.all_tiers,
+                           tiers=[t.strip() for t in a.tiers.split(",") if t.strip()] if a.tiers else None,
                            devices=[d.strip() for d in a.devices.split(",")] if a.devices else None)
         rep = report_dict(pseudo_label(cfg, progress=not a.no_progress), cfg)
     except (ValueError, FileNotFoundError) as e:

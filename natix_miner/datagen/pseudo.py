@@ -40,6 +40,8 @@ class PseudoConfig:
     deadline_s: float | None = None  # None: every tier runs (no latency budget offline)
     allow_restricted: bool = False
     devices: list[str] | None = None
+    tiers: list[str] | None = None  # run only these tiers of the profile (e.g. the VLM tiers)
+    all_tiers: bool = False  # no early exit: every (selected) tier votes on every image
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_confidence <= 1.0:
@@ -108,11 +110,28 @@ def _append(path: Path, recs: list[dict]) -> None:
             os.fsync(fh.fileno())
 
 
+def select_tiers(profile: Any, tiers: list[str] | None, all_tiers: bool) -> Any:
+    """Keep only the named tiers (others disabled); with ``all_tiers`` no tier exits early (every selected
+    model votes on every image: the most informative soft labels, at the cost of time)."""
+    if tiers:
+        names = [t.name for t in profile.tiers]
+        unknown = sorted(set(tiers) - set(names))
+        if unknown:
+            raise ValueError(f"--tiers {','.join(unknown)}: not in profile {profile.name} (tiers: {', '.join(names)})")
+        for t in profile.tiers:
+            t.enabled = t.name in tiers
+    if all_tiers:
+        for t in profile.tiers:
+            t.exit_threshold = 2.0  # above any confidence: never exits before the last tier
+    return profile
+
+
 def _engine(cfg: PseudoConfig) -> Any:
     from natix_miner.engine.cascade import CascadeEngine
     from natix_miner.profile import load_profile
 
-    return CascadeEngine(load_profile(cfg.profile), allow_restricted=cfg.allow_restricted, devices=cfg.devices)
+    profile = select_tiers(load_profile(cfg.profile), cfg.tiers, cfg.all_tiers)
+    return CascadeEngine(profile, allow_restricted=cfg.allow_restricted, devices=cfg.devices)
 
 
 def pseudo_label(cfg: PseudoConfig, *, engine: Any = None, progress: bool = True) -> PseudoReport:

@@ -87,3 +87,29 @@ def test_cli_refuses_bad_arguments(tmp_path, unlabelled):
     r = subprocess.run([sys.executable, "scripts/pseudo_label.py", "--profile", str(prof), "--images", str(src),
                         "--out", str(tmp_path / "o"), "--min-confidence", "1.5"], capture_output=True, text=True)
     assert r.returncode != 0 and "min-confidence" in r.stderr
+
+
+def test_tier_selection_and_all_tiers(tmp_path, unlabelled):
+    """--tiers runs only the named tiers; --all-tiers makes every tier vote (no early exit)."""
+    src, _ = unlabelled
+    prof = tmp_path / "two.yaml"
+    prof.write_text("name: two\ndeadline_s: 3.0\ntiers:\n"
+                    "  - name: fast\n    exit_threshold: 0.55\n    models:\n"
+                    "      - {name: color, type: fake, licence: MIT, options: {p_by_color: true}}\n"
+                    "  - name: vlm\n    exit_threshold: 0.9\n    models:\n"
+                    "      - {name: vlm, type: fake, licence: MIT, options: {p: 0.8}}\n")
+
+    def votes(out):
+        return [set(x["votes"]) for x in _lines(out / "soft_labels.jsonl")]
+
+    pseudo_label(PseudoConfig(images=str(src), out=str(tmp_path / "a"), profile=str(prof)), progress=False)
+    assert {"vlm"} not in votes(tmp_path / "a") and any(v == {"color"} for v in votes(tmp_path / "a"))
+    pseudo_label(PseudoConfig(images=str(src), out=str(tmp_path / "b"), profile=str(prof), all_tiers=True),
+                 progress=False)
+    assert all(v == {"color", "vlm"} for v in votes(tmp_path / "b"))
+    pseudo_label(PseudoConfig(images=str(src), out=str(tmp_path / "c"), profile=str(prof), tiers=["vlm"]),
+                 progress=False)
+    assert all(v == {"vlm"} for v in votes(tmp_path / "c"))
+    with pytest.raises(ValueError, match="not in profile"):
+        pseudo_label(PseudoConfig(images=str(src), out=str(tmp_path / "d"), profile=str(prof), tiers=["nope"]),
+                     progress=False)
