@@ -171,3 +171,54 @@ def test_synthesize_with_tiny_sdxl_writes_layout_sources_and_resumes(tmp_path, t
     assert np.abs(before - after).mean() < 0.5 * np.abs(before - other).mean()
     with open(out / "SOURCES.tsv", newline="") as fh:
         assert len(list(csv.DictReader(fh, delimiter="\t"))) == len(rows)
+
+
+class EchoPipe:
+    """A stand-in pipeline: returns its input images (i2i) or grey squares (t2i); records the calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, **kw):
+        from types import SimpleNamespace
+
+        self.calls.append(kw)
+        n = len(kw["prompt"])
+        imgs = kw.get("image") or [Image.new("RGB", (kw["width"], kw["height"]), (128, 128, 128))] * n
+        return SimpleNamespace(images=list(imgs))
+
+
+def test_parquet_parents_keep_their_video_group(tmp_path):
+    """i2i from a NATIX-style parquet: the parent is the row's sample key and the image joins its video's group."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from natix_miner.training.data import scan_data
+
+    rows = []
+    for i in range(6):
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 30), (200 if i % 2 else 20, 40, 40)).save(buf, format="JPEG")
+        rows.append({"image": {"bytes": buf.getvalue()}, "label": i % 2,
+                     "scene_description": "cones on the road" if i % 2 else "",
+                     "video_info": {"vid_id": f"vid{i // 2}"}})
+    (tmp_path / "natix").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "natix" / "train-0.parquet")
+    reals = real_images([str(tmp_path / "natix")])
+    assert [r.key for r in reals][:2] == ["natix/train-0.parquet#0", "natix/train-0.parquet#1"]
+    out = tmp_path / "synth"
+    pipe = EchoPipe()
+    rep = Synthesizer(SynthConfig(out=str(out), n_i2i=4, n_t2i=2, t2i_size=32, device="cpu"), i2i_pipe=pipe,
+                      t2i_pipe=EchoPipe()).run(reals, progress=False)
+    assert rep.generated == 6 and rep.bad_inputs == 0
+    samples = {s.key: s for s in scan_data([str(tmp_path / "natix"), str(out)])}
+    i2i = [s for s in samples.values() if s.condition == "i2i"]
+    assert len(i2i) == 4
+    with open(out / "SOURCES.tsv", newline="") as fh:
+        parent = {f"synth/{r['file']}": r["parent"] for r in csv.DictReader(fh, delimiter="\t")}
+    for s in i2i:
+        p = samples[parent[s.key]]
+        assert p.key.startswith("natix/train-0.parquet#") and s.group == p.group and s.group.startswith("natix/vid:")
+        assert s.label == p.label
