@@ -10,7 +10,8 @@ photorealism negative prompt; output PNG. :class:`Synthesizer` reproduces that:
   manifest line exist is skipped) and gives the same images whatever the batch size;
 * batches through the diffusers pipelines (i2i batches grouped by input size), fp16 on CUDA;
 * output in the project's labelled-folder layout (``roadwork/``, ``no_roadwork/``), ``manifest.jsonl`` (one line
-  per finished job) and ``SOURCES.tsv`` rebuilt from the manifest after every batch, with ``kind`` (i2i|t2i),
+  per finished job) and ``SOURCES.tsv`` (rows appended per batch, rebuilt from the manifest at the start and
+  end of a run), with ``kind`` (i2i|t2i),
   ``parent`` (the real image's sample key: training keeps an i2i image in its parent's split group),
   ``generator`` and ``generator_license``.
 """
@@ -189,6 +190,10 @@ def _clean(s: str) -> str:
     return " ".join(str(s).split())
 
 
+def _row(rec: dict) -> str:
+    return "\t".join(_clean(rec.get(c, "")) for c in SOURCES_COLUMNS)
+
+
 class Synthesizer:
     """Construct with the config and (optionally) ready pipelines and a prompt source; :meth:`run` the jobs."""
 
@@ -214,13 +219,17 @@ class Synthesizer:
         return {f: r for f, r in done.items() if (self.out / f).is_file()}
 
     def _write_sources(self, done: dict[str, dict]) -> None:
-        rows = ["\t".join(SOURCES_COLUMNS)]
-        for f in sorted(done):
-            r = done[f]
-            rows.append("\t".join(_clean(r.get(c, "")) for c in SOURCES_COLUMNS))
+        """Rewrite SOURCES.tsv from the manifest (sorted; at the start and the end of a run)."""
+        rows = ["\t".join(SOURCES_COLUMNS)] + [_row(done[f]) for f in sorted(done)]
         tmp = self.out / "SOURCES.tsv.tmp"
         tmp.write_text("\n".join(rows) + "\n", encoding="utf-8")
         os.replace(tmp, self.out / "SOURCES.tsv")
+
+    def _append_sources(self, recs: list[dict]) -> None:
+        """Add a batch's rows (cheap; the manifest stays the reference: a crash here is repaired on resume)."""
+        if recs:
+            with open(self.out / "SOURCES.tsv", "a", encoding="utf-8") as fh:
+                fh.write("".join(_row(r) + "\n" for r in recs))
 
     def _record(self, job: Job, prompt: str, image: Any) -> dict:
         path = self.out / job.file
@@ -294,10 +303,13 @@ class Synthesizer:
             refs = [im for _, im in group]
             prompts = self.prompts.prompts([j.label for j in jobs], refs, rng)
             images = self._call(kind, jobs, prompts, refs if kind == "i2i" else None)
+            recs = []
             for j, p, im in zip(jobs, prompts, images):
                 done[j.file] = self._record(j, p, im)
+                recs.append(done[j.file])
                 rep.generated += 1
                 rep.by_kind[kind] = rep.by_kind.get(kind, 0) + 1
+            self._append_sources(recs)
 
     def run(self, reals: list[RealImage], *, progress: bool = True) -> SynthReport:
         from tqdm.auto import tqdm
@@ -310,6 +322,7 @@ class Synthesizer:
         rep = SynthReport(planned=len(jobs), skipped_done=len(jobs) - len(todo))
         if rep.skipped_done:
             logger.info(f"resuming: {rep.skipped_done} of {len(jobs)} images already in {self.out}")
+        self._write_sources(done)
         if todo:
             self._ensure_pipelines({j.kind for j in todo})
         bar = tqdm(total=len(todo), desc="synthesize", unit="img", disable=not progress)
@@ -329,11 +342,9 @@ class Synthesizer:
                     if failures >= self.cfg.max_failed_batches:
                         self._write_sources(done)
                         raise RuntimeError(f"{failures} batches failed in a row; stopping (rerun resumes)") from e
-                self._write_sources(done)
                 bar.update(len(batch))
         bar.close()
-        if not todo:
-            self._write_sources(done)
+        self._write_sources(done)
         rep.wall_s = time.monotonic() - t0
         return rep
 

@@ -222,3 +222,34 @@ def test_parquet_parents_keep_their_video_group(tmp_path):
         p = samples[parent[s.key]]
         assert p.key.startswith("natix/train-0.parquet#") and s.group == p.group and s.group.startswith("natix/vid:")
         assert s.label == p.label
+
+
+class FailingPipe(EchoPipe):
+    """Works for ``ok`` calls, then raises (a GPU that fell over)."""
+
+    def __init__(self, ok: int):
+        super().__init__()
+        self.ok = ok
+
+    def __call__(self, **kw):
+        if len(self.calls) >= self.ok:
+            self.calls.append(kw)
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return super().__call__(**kw)
+
+
+def test_failing_pipeline_stops_after_three_batches_and_a_rerun_resumes(tmp_path):
+    real = make_real_folder(tmp_path / "real", n_per_class=4)
+    reals = real_images([str(real)])
+    cfg = SynthConfig(out=str(tmp_path / "synth"), n_i2i=12, batch_size=2, device="cpu")
+    bad = FailingPipe(ok=2)
+    with pytest.raises(RuntimeError, match="3 batches failed in a row"):
+        Synthesizer(cfg, i2i_pipe=bad, t2i_pipe=EchoPipe()).run(reals, progress=False)
+    assert len(bad.calls) == 5
+    with open(tmp_path / "synth" / "SOURCES.tsv", newline="") as fh:
+        assert len(list(csv.DictReader(fh, delimiter="\t"))) == 4
+    rep = Synthesizer(cfg, i2i_pipe=EchoPipe(), t2i_pipe=EchoPipe()).run(reals, progress=False)
+    assert rep.skipped_done == 4 and rep.generated == 8
+    with open(tmp_path / "synth" / "SOURCES.tsv", newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    assert len(rows) == 12 == len({r["file"] for r in rows})
