@@ -100,7 +100,9 @@ class Recorder:
             (self.dir / "images").mkdir(parents=True, exist_ok=True)
             found = []
             for p in list((self.dir / "images").iterdir()) + list(self.dir.glob("requests-*.jsonl")):
-                if p.is_file() and not p.name.endswith(".tmp"):
+                if p.name.endswith(".tmp") and p.is_file():
+                    p.unlink()  # a write cut short by a crash
+                elif p.is_file():
                     st = p.stat()
                     found.append((st.st_mtime, p, st.st_size))
             for _, p, size in sorted(found):

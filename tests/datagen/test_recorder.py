@@ -80,8 +80,10 @@ def test_cap_evicts_oldest_first_and_survives_restart(tmp_path):
     names = {p.stem for p in (tmp_path / "images").iterdir()}
     assert hashlib.sha256(raws[-1]).hexdigest() in names
     assert hashlib.sha256(raws[0]).hexdigest() not in names
-    # a restart indexes what is there: an image already stored is not written again
+    # a restart indexes what is there: an image already stored is not written again; a torn write is removed
+    (tmp_path / "images" / "abc.png.tmp").write_bytes(b"torn")
     rec2 = Recorder(tmp_path, max_gb=cap).start()
+    assert not (tmp_path / "images" / "abc.png.tmp").exists()
     rec2.submit(_item(raws[-1]))
     rec2.flush()
     rec2.close()
