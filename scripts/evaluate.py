@@ -55,6 +55,8 @@ def main(argv=None) -> int:
         auc = "n/a" if m["auc"] is None else f"{m['auc']:.3f}"
         print(f"  {name} (its own vote, before consensus and calibration: p >= 0.5): MCC={m['mcc']:.3f} "
               f"acc={m['accuracy']:.3f} AUC={auc} coverage={m['coverage']:.2f}")
+    for kind, m in (rep.get("per_condition") or {}).items():  # SOURCES.tsv kind: real | i2i | t2i | api
+        print(f"  condition {kind}: n={m['n']} MCC={m['mcc']:.3f} accuracy={m['accuracy']:.3f}")
     print(f"report: {report_path}" + (f", plots: {out_dir}" if out_dir else ""))
     return 0
 

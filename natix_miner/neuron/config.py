@@ -114,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve GET /health (200 when ready, else 503) and /stats on this port; 0 = off")
     g.add_argument("--health.host", dest="health_host", default=_env("HEALTH_HOST", "127.0.0.1"))
 
+    g = p.add_argument_group("record (store received images for pseudo-labelling; docs/data-recipe.md)")
+    g.add_argument("--record.dir", dest="record_dir", default=_env("RECORD_DIR"),
+                   help="store each distinct received image once as <sha256>.<ext> and one JSON line per request "
+                        "here (off by default)")
+    g.add_argument("--record.max_gb", dest="record_max_gb", type=float, default=float(_env("RECORD_MAX_GB", 10.0)),
+                   help="size cap of --record.dir; the oldest files are deleted first")
+
     g = p.add_argument_group("wandb")
     g.add_argument("--wandb.off", dest="wandb_off", action="store_true", default=_env_bool("WANDB_OFF"))
     g.add_argument("--wandb.offline", dest="wandb_offline", action="store_true")
@@ -166,6 +173,8 @@ class MinerConfig:
     neuron_name: str = "miner"
     health_port: int = 0
     health_host: str = "127.0.0.1"
+    record_dir: str | None = None
+    record_max_gb: float = 10.0
     wandb_off: bool = False
     wandb_offline: bool = False
     wandb_project: str = "natix-miner"
@@ -219,6 +228,8 @@ def parse_config(argv: list[str] | None = None) -> MinerConfig:
         cfg.rate_limit = 0 if cfg.mock else 600
     if cfg.deadline_s is not None and not (0 < cfg.deadline_s <= 8.5):
         parser.error("--engine.deadline_s must be in (0, 8.5]: validators wait 9 s in total")
+    if cfg.record_max_gb <= 0:
+        parser.error("--record.max_gb must be > 0")
     if cfg.mock_validator_stake < 0 or cfg.min_stake < 0:
         parser.error("stakes must be >= 0")
     return cfg

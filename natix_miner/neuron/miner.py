@@ -89,6 +89,7 @@ class Miner:
         self._profile: typing.Any = None
         self._decode_limits: typing.Any = None
         self._health: typing.Any = None
+        self.recorder: typing.Any = None  # --record.dir (natix_miner.neuron.recorder)
 
     # ------------------------------------------------------------------------------ setup
     def _make_wallet(self) -> typing.Any:
@@ -188,6 +189,8 @@ class Miner:
             "metagraph_block": self.snapshot.block if self.snapshot is not None else None,
             "metagraph_age_s": round(time.time() - self.snapshot.synced_at, 1) if self.snapshot is not None else None,
         }
+        if self.recorder is not None:
+            out["recording"] = self.recorder.snapshot()
         if self.engine is not None and hasattr(self.engine, "stats"):
             try:
                 out["engine"] = self.engine.stats()
@@ -224,6 +227,10 @@ class Miner:
         t0 = time.monotonic()
         self.engine.start()
         logger.info(f"engine ready in {time.monotonic() - t0:.1f} s")
+        if getattr(self.config, "record_dir", None):
+            from natix_miner.neuron.recorder import Recorder
+
+            self.recorder = Recorder(self.config.record_dir, self.config.record_max_gb).start()
         self.axon = self._make_axon()
 
     def _make_axon(self) -> typing.Any:
@@ -302,6 +309,7 @@ class Miner:
         exit_tier, exit_reason = None, "fallback"
         prediction = FALLBACK_PREDICTION
         confidence = None
+        result = decoded = None
         try:
             from natix_miner.imaging import ImageDecodeError, decode_b64_image
 
@@ -344,6 +352,8 @@ class Miner:
                                            exit_reason=exit_reason, label=label)
             except Exception as e:
                 logger.debug(f"telemetry failed: {e}")
+        if self.recorder is not None:
+            self._record(synapse, t0, latency_ms, decoded, result)
         logger.debug(f"answered {prediction:.4f} in {latency_ms:.1f} ms ({exit_reason})")
         return synapse
 
@@ -386,6 +396,22 @@ class Miner:
                 self.admission.end(elapsed, ahead)
 
         return await self._flights.lead(key, compute)
+
+    def _record(self, synapse: ImageSynapse, t0: float, latency_ms: float, decoded: typing.Any,
+                result: typing.Any) -> None:
+        """Hand the request to the recorder (a non-blocking queue put; never raises)."""
+        from natix_miner.neuron.recorder import RecordItem
+
+        try:
+            self.recorder.submit(RecordItem(
+                arrival=time.time() - (time.monotonic() - t0), image_b64=synapse.image,
+                sha256=getattr(decoded, "sha256", None),
+                hotkey=synapse.dendrite.hotkey if synapse.dendrite is not None else None,
+                prediction=synapse.prediction, confidence=synapse.confidence, exit_tier=synapse.exit_tier,
+                exit_reason=getattr(result, "exit_reason", "fallback"),
+                votes={v.model: v.p for v in getattr(result, "votes", None) or []}, latency_ms=latency_ms))
+        except Exception as e:
+            logger.debug(f"recording skipped: {e}")
 
     # ------------------------------------------------------------------------------ run loop
     def _sync_loop(self) -> None:
@@ -439,6 +465,8 @@ class Miner:
                 self.engine.close()
             except Exception as e:
                 logger.warning(f"engine close: {e}")
+        if self.recorder is not None:
+            self.recorder.close()
         if self._health is not None:
             try:
                 self._health.stop()
