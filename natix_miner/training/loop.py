@@ -57,6 +57,8 @@ class FitResult:
     stopped_early: bool
     skipped: list[str] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
+    # validation logits of the best weights (rank 0): (logits, readable samples, skipped keys)
+    best_val: tuple[np.ndarray, list[Any], list[str]] | None = None
 
 
 def oom_message(cfg: TrainConfig) -> str:
@@ -289,15 +291,16 @@ def _improve_on_val(cfg, model, ema, val, spec, api, device, dist_env, res: FitR
     improved = False
     if dist_env.main:
         module = ema.module if ema is not None else model
-        metric = None
+        metric, scored = None, None
         if val:
-            logits, kept, _ = predict_logits(module, val, spec, api, cfg, device)
-            metric = score(api, logits, kept)
+            scored = predict_logits(module, val, spec, api, cfg, device)
+            metric = score(api, scored[0], scored[1])
         if metric is None or res.best_metric is None or metric > res.best_metric:  # no usable validation split: the latest weights are the best
             improved = True
         if improved:
             res.best_metric, res.best_epoch = metric if metric is not None else res.best_metric, epoch
             res.best_state = _cpu_state(module)
+            res.best_val = scored
         res.history.append({"step": res.step, "epoch": epoch, "val_mcc_balanced": metric})
         log.log({"val/mcc_balanced": metric}, res.step)
         logger.info("epoch {}: step {}, val MCC@50/50 {} (best {} at epoch {})", epoch + 1, res.step,

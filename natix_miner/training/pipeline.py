@@ -142,7 +142,7 @@ def _train_one(cfg: TrainConfig, train_all, test, splits_mod, api, dist_env: Dis
     model.eval()
     temperature, threshold, val_skipped = 1.0, 0.5, []
     if val:
-        z_val, kept_val, val_skipped = _scores(model, val, cfg, api, device)
+        z_val, kept_val, val_skipped = res.best_val or _scores(model, val, cfg, api, device)
         y_val = np.array([s.label for s in kept_val])
         temperature = fit_temperature(z_val, y_val)
         if len(set(y_val.tolist())) == 2:
@@ -200,8 +200,9 @@ def _cross_validate(cfg: TrainConfig, samples, splits_mod, api, dist_env, device
         got = []
         if dist_env.main:
             model.load_state_dict(res.best_state)
-            for part in eval_sets:
-                z, kept, _ = _scores(model, part, cfg, api, device)
+            for j, part in enumerate(eval_sets):
+                reuse = j == 0 and val and res.best_val is not None  # the carve-out, scored when it was best
+                z, kept, _ = res.best_val if reuse else _scores(model, part, cfg, api, device)
                 pos = {s.key: j for j, s in enumerate(part)}
                 got.append({"rows": [pos[s.key] for s in kept], "scores": (1 / (1 + np.exp(-z))).tolist()})
             fold_dir.mkdir(parents=True, exist_ok=True)
