@@ -183,6 +183,7 @@ def _cross_validate(cfg: TrainConfig, samples, splits_mod, api, dist_env, device
     from natix_miner.training.models import build_model
 
     calls = {"n": 0}
+    skipped_keys: set[str] = set()
 
     def fit_predict(train, eval_sets):
         i = calls["n"]
@@ -200,9 +201,11 @@ def _cross_validate(cfg: TrainConfig, samples, splits_mod, api, dist_env, device
         got = []
         if dist_env.main:
             model.load_state_dict(res.best_state)
+            skipped_keys.update(res.skipped)
             for j, part in enumerate(eval_sets):
                 reuse = j == 0 and val and res.best_val is not None  # the carve-out, scored when it was best
-                z, kept, _ = res.best_val if reuse else _scores(model, part, cfg, api, device)
+                z, kept, sk = res.best_val if reuse else _scores(model, part, cfg, api, device)
+                skipped_keys.update(sk)
                 pos = {s.key: j for j, s in enumerate(part)}
                 got.append({"rows": [pos[s.key] for s in kept], "scores": (1 / (1 + np.exp(-z))).tolist()})
             fold_dir.mkdir(parents=True, exist_ok=True)
@@ -222,6 +225,8 @@ def _cross_validate(cfg: TrainConfig, samples, splits_mod, api, dist_env, device
                             f"{cfg.val_frac or 0.2}): out-of-fold scores, each fold's threshold from its carve-out",
                    "cv": {k: v for k, v in report.items() if k != "metrics"},
                    "threshold": final.get("threshold"), "temperature": final.get("temperature"),
+                   "skipped": {"cv": len(skipped_keys), "final": final.get("skipped"),
+                               "keys": sorted(skipped_keys)[:100]},
                    "final_model": {k: final.get(k) for k in ("threshold", "temperature", "n_train", "n_val",
                                                              "best_val_mcc_balanced", "epochs_run", "steps",
                                                              "skipped", "history")}})
