@@ -46,6 +46,7 @@ def _weights(path):
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_run(data, tmp_path):
     # uninterrupted: 7 optimizer steps (one epoch = 3 steps of 8 + a partial one)
     full = tmp_path / "full"
@@ -73,6 +74,7 @@ def test_resume_refuses_other_settings(data, tmp_path, capsys):
     assert "other settings" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_unreadable_images_are_skipped_and_counted(tmp_path):
     data = make_folder(tmp_path / "bad", n_per_class=12, bad=3)
     out = tmp_path / "run"
@@ -115,6 +117,7 @@ def test_cuda_oom_names_the_flags(data, tmp_path, monkeypatch, capsys):
     assert "--batch-size" in err and "--grad-accum" in err and "--image-size" in err
 
 
+@pytest.mark.slow
 def test_cross_validation_reports_out_of_fold_metrics_and_exports(data, tmp_path):
     out = tmp_path / "cv"
     assert main(train_args(data, out, "test_convnext", "--epochs", "1", "--cv-folds", "2")) == 0
@@ -123,3 +126,16 @@ def test_cross_validation_reports_out_of_fold_metrics_and_exports(data, tmp_path
     assert m["n"] == 32  # every image predicted once, out of fold
     assert (out / "cv" / "fold0" / "scores.json").is_file() and (out / "cv" / "fold1" / "scores.json").is_file()
     assert (out / "model" / "model.safetensors").is_file() and m["threshold"] == m["final_model"]["threshold"]
+
+
+def test_help_does_not_import_torch():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = ("import sys; sys.argv = ['train.py', '--help']; from natix_miner.training import cli\n"
+            "try:\n    cli.main()\nexcept SystemExit:\n    pass\nprint('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    assert "--freeze-backbone" in out.stdout and out.stdout.strip().endswith("NO-TORCH")

@@ -180,3 +180,19 @@ def test_profile_snippet_and_push_to_hub(export_dir, monkeypatch):
     assert calls[1] == ("upload", "me/roadwork-ft", str(folder))
     card = json.loads((folder / "model_card.json").read_text())
     assert card["data"] == ["synthetic"] and card["licence"]
+
+
+def test_frozen_backbone_keeps_weights_and_batchnorm_statistics():
+    from natix_miner.training.models import build_model as build
+
+    m = build("lite0", pretrained=False, image_size=32)
+    m.freeze_backbone()
+    m.train()
+    before = {k: v.clone() for k, v in m.state_dict().items() if not k.startswith("net.classifier")}
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(2):
+        m(torch.randn(4, 3, 32, 32)).sum().backward()
+        opt.step()
+    after = m.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())  # weights and BN running stats unchanged
+    assert m.net.classifier.training and not m.net.bn1.training
