@@ -92,7 +92,7 @@ def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
 def loader(ds: ImageDataset, cfg: TrainConfig, sampler=None, batch_size: int | None = None) -> DataLoader:
     return DataLoader(ds, batch_size=batch_size or cfg.batch_size, sampler=sampler, shuffle=False,
                       num_workers=cfg.workers, collate_fn=collate, persistent_workers=False,
-                      pin_memory=False)
+                      pin_memory=cfg.device.startswith("cuda") and torch.cuda.is_available())
 
 
 @torch.inference_mode()
@@ -153,6 +153,8 @@ def fit(cfg: TrainConfig, model: BinaryClassifier, train: Sequence[Any], val: Se
     from torch.nn.parallel import DistributedDataParallel
 
     run_dir = Path(run_dir)
+    if device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True  # fixed square inputs: let cuDNN pick its fastest kernels
     last = run_dir / "checkpoints" / "last.pt"
     spec = transform_spec(cfg, model)
     if cfg.freeze_backbone:
@@ -166,7 +168,9 @@ def fit(cfg: TrainConfig, model: BinaryClassifier, train: Sequence[Any], val: Se
         g["lr"] = cfg.lr * g.get("lr_scale", 1.0)
     opt = torch.optim.AdamW(groups, lr=cfg.lr)
     ds = ImageDataset(train, api.load_image, spec, train=True, seed=cfg.seed, unreadable=api.unreadable)
-    weights = api.sampling_weights(list(train), class_balanced=True) if cfg.class_balanced else None
+    weights = api.sampling_weights(list(train), class_balanced=cfg.class_balanced)
+    if not cfg.class_balanced and len(set(weights)) <= 1:
+        weights = None  # uniform: a permutation per epoch (no repeats) instead of draws with replacement
     sampler = EpochSampler(len(train), weights=weights, rank=dist_env.rank, world_size=dist_env.world_size,
                            seed=cfg.seed)
     batches = -(-len(sampler) // cfg.batch_size)

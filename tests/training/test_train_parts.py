@@ -196,3 +196,14 @@ def test_frozen_backbone_keeps_weights_and_batchnorm_statistics():
     after = m.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in before.items())  # weights and BN running stats unchanged
     assert m.net.classifier.training and not m.net.bn1.training
+
+
+def test_dataset_passes_soft_targets_to_the_loss():
+    from natix_miner.training.batches import ImageDataset
+    from natix_miner.training.data import Sample
+
+    s = Sample(key="p/a.jpg", label=1, target=0.7, source="p", group="g", path="a.jpg", condition="pseudo")
+    spec = TransformSpec(size=16, mean=(0.5,) * 3, std=(0.5,) * 3, mix=parse_mix("fullres"))
+    ds = ImageDataset([s], lambda _: Image.new("RGB", (40, 30)), spec, train=True)
+    batch = collate([ds[(0, 0)]])
+    assert batch["target"].tolist() == [pytest.approx(0.7)] and batch["condition"] == ["pseudo"]
