@@ -40,6 +40,11 @@ def test_tiny_transformers_model_trains(data, tmp_path):
     assert sum(ls[-3:]) / 3 < sum(ls[:3]) / 3
     cfg = json.loads((out / "model" / "config.json").read_text())
     assert cfg["kind"] == "hf" and cfg["hf_config"]["model_type"] == "vit"
+    from natix_miner.training.export import load_export
+
+    model, _ = load_export(out / "model")  # rebuilt offline from config.json, weights loaded strictly
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 32, 32)).shape == (2,)
 
 
 def _weights(path):
