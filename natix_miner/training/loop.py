@@ -235,8 +235,9 @@ def fit(cfg: TrainConfig, model: BinaryClassifier, train: Sequence[Any], val: Se
                         if batch["n"]:
                             logits = net(batch["x"].to(device, non_blocking=True)).float()
                             loss = loss_fn(logits, batch["target"].to(device))
-                        else:  # every image of the batch unreadable: a zero loss keeps DDP ranks in step
-                            loss = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+                        else:  # every image unreadable: a zero loss through the (DDP) forward keeps ranks in step
+                            blank = torch.zeros(1, 3, model.image_size, model.image_size, device=device)
+                            loss = net(blank).float().sum() * 0.0
                     (loss / cfg.grad_accum).backward()
             except torch.cuda.OutOfMemoryError as e:
                 raise TrainingError(oom_message(cfg)) from e
