@@ -130,9 +130,10 @@ def _train_one(cfg: TrainConfig, train_all, test, splits_mod, api, dist_env: Dis
     from natix_miner.training.models import build_model
 
     train, val = splits_mod.grouped_split(train_all, cfg.val_frac, cfg.seed + 1)
-    for part, name in ((train, "training"), ):
-        if len({s.label for s in part}) < 2:
-            raise ValueError(f"the {name} split lacks a class; lower --val-frac/--test-frac or add data")
+    if len({s.label for s in train}) < 2:
+        from natix_miner.training.loop import TrainingError
+
+        raise TrainingError("the training split lacks a class; lower --val-frac/--test-frac or add data")
     logger.info("{}: {} train, {} validation, {} test samples", run_dir, len(train), len(val), len(test))
     model = build_model(cfg.model, pretrained=cfg.pretrained, image_size=cfg.image_size)
     res = fit(cfg, model, train, val, run_dir, api, dist_env, device)
@@ -221,6 +222,12 @@ def _cross_validate(cfg: TrainConfig, samples, splits_mod, api, dist_env, device
     if not dist_env.main:
         return {}
     pooled = dict(report["metrics"])
+    card_path = out / "model" / "model_card.json"  # the exported model's card carries the CV metrics
+    card = json.loads(card_path.read_text())
+    card["metrics"] = {k: pooled.get(k) for k in ("n", "mcc", "mcc_balanced", "accuracy", "auc", "reward")}
+    card["metrics_split"] = (f"nested grouped {cfg.cv_folds}-fold CV of the same recipe (out-of-fold); the exported "
+                             "model is the final fit on all data but its validation split")
+    card_path.write_text(json.dumps(card, indent=2, default=_json))
     pooled.update({"split": f"nested grouped {cfg.cv_folds}-fold CV (natix_miner.training.cv, inner holdout of "
                             f"{cfg.val_frac or 0.2}): out-of-fold scores, each fold's threshold from its carve-out",
                    "cv": {k: v for k, v in report.items() if k != "metrics"},

@@ -133,6 +133,8 @@ def test_cross_validation_reports_out_of_fold_metrics_and_exports(data, tmp_path
     assert m["n"] == 32  # every image predicted once, out of fold
     assert (out / "cv" / "fold0" / "scores.json").is_file() and (out / "cv" / "fold1" / "scores.json").is_file()
     assert (out / "model" / "model.safetensors").is_file() and m["threshold"] == m["final_model"]["threshold"]
+    card = json.loads((out / "model" / "model_card.json").read_text())
+    assert card["metrics"]["n"] == m["n"] and "CV" in card["metrics_split"]
 
 
 def test_help_does_not_import_torch():
