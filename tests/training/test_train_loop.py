@@ -148,3 +148,18 @@ def test_help_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
     assert "--freeze-backbone" in out.stdout and out.stdout.strip().endswith("NO-TORCH")
+
+
+def test_freeze_backbone_trains_only_the_head(data, tmp_path):
+    from safetensors.torch import load_file
+
+    from natix_miner.training.models import build_model
+
+    out = tmp_path / "run"
+    assert main(train_args(data, out, "test_convnext", "--epochs", "1", "--freeze-backbone")) == 0
+    torch.manual_seed(0)  # the run seeds torch with --seed 0 before it builds the model
+    init = build_model("test_convnext", pretrained=False, image_size=32).state_dict()
+    got = load_file(str(out / "model" / "model.safetensors"))
+    head = {k for k in init if k.startswith("net.head.fc")}
+    assert head and all(not torch.equal(init[k], got[k]) for k in head)  # the head learned
+    assert all(torch.equal(init[k], got[k]) for k in init if k not in head)  # nothing else moved
