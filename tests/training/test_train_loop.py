@@ -14,9 +14,27 @@ def data(tmp_path_factory):
     return make_folder(tmp_path_factory.mktemp("data") / "synth", n_per_class=16)
 
 
-def test_tiny_timm_model_trains_and_exports(data, tmp_path):
+def test_tiny_timm_model_trains_and_exports(data, tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    uploads = []
+
+    class FakeApi:  # the hub boundary: no network
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo, **kw):
+            pass
+
+        def upload_folder(self, **kw):
+            uploads.append((kw["repo_id"], kw["folder_path"]))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     out = tmp_path / "run"
-    assert main(train_args(data, out, "test_convnext", "--epochs", "4")) == 0
+    assert main(train_args(data, out, "test_convnext", "--epochs", "4", "--push-to-hub", "me/ft")) == 0
+    assert uploads == [("me/ft", f"{out}/model")]
+    printed = capsys.readouterr().out
+    assert "type: timm_classifier" in printed and "calibration:" in printed  # the profile snippet
     ls = losses(out)
     assert len(ls) >= 8
     assert sum(ls[-3:]) / 3 < sum(ls[:3]) / 3  # loss falls
