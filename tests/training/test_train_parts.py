@@ -207,3 +207,40 @@ def test_dataset_passes_soft_targets_to_the_loss():
     ds = ImageDataset([s], lambda _: Image.new("RGB", (40, 30)), spec, train=True)
     batch = collate([ds[(0, 0)]])
     assert batch["target"].tolist() == [pytest.approx(0.7)] and batch["condition"] == ["pseudo"]
+
+
+def test_wandb_only_when_configured(monkeypatch, tmp_path):
+    import sys
+    import types
+
+    from natix_miner.training.config import TrainConfig
+    from natix_miner.training.loop import _Wandb
+
+    calls = []
+
+    class Run:
+        def log(self, data, step):
+            calls.append(("log", data, step))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    fake = types.SimpleNamespace(init=lambda **kw: calls.append(("init", kw["project"])) or Run())
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    cfg = TrainConfig(data=["d"], model="lite0", out=str(tmp_path))
+    off = _Wandb(cfg, main=True)
+    off.log({"a": 1}, 1)
+    assert calls == []
+    on = _Wandb(cfg.model_copy(update={"wandb_project": "p"}), main=True)
+    on.log({"a": 1}, 3)
+    on.finish()
+    assert calls == [("init", "p"), ("log", {"a": 1}, 3), ("finish",)]
+    assert _Wandb(cfg.model_copy(update={"wandb_project": "p"}), main=False).run is None  # rank > 0 never logs
+
+
+def test_dist_env_from_torchrun_variables():
+    from natix_miner.training.distributed import DistEnv
+
+    e = DistEnv.from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
+    assert (e.rank, e.world_size, e.local_rank, e.enabled, e.main) == (3, 4, 1, True, False)
+    assert not DistEnv.from_env({}).enabled
