@@ -130,9 +130,10 @@ def _train_one(cfg: TrainConfig, train_all, test, splits_mod, api, dist_env: Dis
     from natix_miner.training.models import build_model
 
     train, val = splits_mod.grouped_split(train_all, cfg.val_frac, cfg.seed + 1)
-    for part, name in ((train, "training"), ):
-        if len({s.label for s in part}) < 2:
-            raise ValueError(f"the {name} split lacks a class; lower --val-frac/--test-frac or add data")
+    if len({s.label for s in train}) < 2:
+        from natix_miner.training.loop import TrainingError
+
+        raise TrainingError("the training split lacks a class; lower --val-frac/--test-frac or add data")
     logger.info("{}: {} train, {} validation, {} test samples", run_dir, len(train), len(val), len(test))
     model = build_model(cfg.model, pretrained=cfg.pretrained, image_size=cfg.image_size)
     res = fit(cfg, model, train, val, run_dir, api, dist_env, device)
@@ -142,7 +143,7 @@ def _train_one(cfg: TrainConfig, train_all, test, splits_mod, api, dist_env: Dis
     model.eval()
     temperature, threshold, val_skipped = 1.0, 0.5, []
     if val:
-        z_val, kept_val, val_skipped = _scores(model, val, cfg, api, device)
+        z_val, kept_val, val_skipped = res.best_val or _scores(model, val, cfg, api, device)
         y_val = np.array([s.label for s in kept_val])
         temperature = fit_temperature(z_val, y_val)
         if len(set(y_val.tolist())) == 2:
@@ -183,6 +184,7 @@ def _cross_validate(cfg: TrainConfig, samples, splits_mod, api, dist_env, device
     from natix_miner.training.models import build_model
 
     calls = {"n": 0}
+    skipped_keys: set[str] = set()
 
     def fit_predict(train, eval_sets):
         i = calls["n"]
@@ -200,8 +202,11 @@ def _cross_validate(cfg: TrainConfig, samples, splits_mod, api, dist_env, device
         got = []
         if dist_env.main:
             model.load_state_dict(res.best_state)
-            for part in eval_sets:
-                z, kept, _ = _scores(model, part, cfg, api, device)
+            skipped_keys.update(res.skipped)
+            for j, part in enumerate(eval_sets):
+                reuse = j == 0 and val and res.best_val is not None  # the carve-out, scored when it was best
+                z, kept, sk = res.best_val if reuse else _scores(model, part, cfg, api, device)
+                skipped_keys.update(sk)
                 pos = {s.key: j for j, s in enumerate(part)}
                 got.append({"rows": [pos[s.key] for s in kept], "scores": (1 / (1 + np.exp(-z))).tolist()})
             fold_dir.mkdir(parents=True, exist_ok=True)
@@ -217,10 +222,18 @@ def _cross_validate(cfg: TrainConfig, samples, splits_mod, api, dist_env, device
     if not dist_env.main:
         return {}
     pooled = dict(report["metrics"])
+    card_path = out / "model" / "model_card.json"  # the exported model's card carries the CV metrics
+    card = json.loads(card_path.read_text())
+    card["metrics"] = {k: pooled.get(k) for k in ("n", "mcc", "mcc_balanced", "accuracy", "auc", "reward")}
+    card["metrics_split"] = (f"nested grouped {cfg.cv_folds}-fold CV of the same recipe (out-of-fold); the exported "
+                             "model is the final fit on all data but its validation split")
+    card_path.write_text(json.dumps(card, indent=2, default=_json))
     pooled.update({"split": f"nested grouped {cfg.cv_folds}-fold CV (natix_miner.training.cv, inner holdout of "
                             f"{cfg.val_frac or 0.2}): out-of-fold scores, each fold's threshold from its carve-out",
                    "cv": {k: v for k, v in report.items() if k != "metrics"},
                    "threshold": final.get("threshold"), "temperature": final.get("temperature"),
+                   "skipped": {"cv": len(skipped_keys), "final": final.get("skipped"),
+                               "keys": sorted(skipped_keys)[:100]},
                    "final_model": {k: final.get(k) for k in ("threshold", "temperature", "n_train", "n_val",
                                                              "best_val_mcc_balanced", "epochs_run", "steps",
                                                              "skipped", "history")}})
