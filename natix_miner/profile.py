@@ -5,15 +5,18 @@ calibration. Every validation error names the file, the key and what to do about
 
     configs/h100x1.yaml: tiers[1].models[0].weight: must be a number >= 0, got 'high'
 
-Only PyYAML is imported here; the model registry is consulted lazily to check ``type:`` names.
+Only PyYAML is imported here. This module sits below the models (docs/architecture.md, "Layers"):
+it does not import the model registry. ``type:`` names are checked where adapters are built (the
+engine's loader), or here when the caller hands in the known names (``known_types=``).
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
@@ -44,6 +47,8 @@ class ModelSpec:
     disabled_reason: str | None = None
     noncommercial: bool = False  # loads only with the explicit opt-in
     gated: bool = False  # gated on the hub (licence acceptance): also needs the opt-in
+    breaker_failures: int | None = None  # consecutive failures that open the breaker (None: engine default, 3)
+    breaker_cooldown_s: float | None = None  # seconds the breaker stays open (None: engine default, 30)
     options: dict[str, Any] = field(default_factory=dict)  # backend options, adapter-specific
 
     @property
@@ -229,23 +234,44 @@ def _parse_model(ctx: _Ctx, key: str, data: Any, known_types: set[str] | None) -
         spec.disabled_reason = _str(ctx, f"{key}.disabled_reason", data["disabled_reason"])
     if not spec.enabled and not spec.disabled_reason:
         raise ctx.fail(f"{key}.disabled_reason", "a disabled model must say why (disabled_reason: ...)")
+    if data.get("breaker_failures") is not None:
+        spec.breaker_failures = _int(ctx, f"{key}.breaker_failures", data["breaker_failures"])
+    if data.get("breaker_cooldown_s") is not None:
+        spec.breaker_cooldown_s = _num(ctx, f"{key}.breaker_cooldown_s", data["breaker_cooldown_s"], lo=0.0)
     if "options" in data:
         if not isinstance(data["options"], dict):
             raise ctx.fail(f"{key}.options", f"must be a mapping, got {data['options']!r}")
         spec.options = dict(data["options"])
+        _lift_deprecated_breaker_options(ctx, key, spec)
     return spec
 
 
-def _known_types() -> set[str] | None:
-    try:
-        from natix_miner.models.registry import known_types
-    except ImportError:  # registry not importable: skip the check rather than fail the load
-        return None
-    return set(known_types())
+_DEPRECATED_BREAKER_OPTIONS = ("breaker_failures", "breaker_cooldown_s")
 
 
-def parse_profile(data: Any, source: str = "<memory>", *, check_types: bool = True) -> Profile:
-    """Validate a profile mapping (as loaded from YAML) and return a :class:`Profile`."""
+def _lift_deprecated_breaker_options(ctx: _Ctx, key: str, spec: ModelSpec) -> None:
+    """``options.breaker_failures`` / ``options.breaker_cooldown_s`` (the old place) become the spec
+    fields, with a deprecation warning; the spec field wins when both are set."""
+    for k in _DEPRECATED_BREAKER_OPTIONS:
+        if k not in spec.options:
+            continue
+        value = spec.options.pop(k)
+        warnings.warn(f"{ctx.source}: {key}.options.{k} is deprecated; move it up to {key}.{k}",
+                      FutureWarning, stacklevel=4)
+        if getattr(spec, k) is None:
+            if k == "breaker_failures":
+                setattr(spec, k, _int(ctx, f"{key}.options.{k}", value))
+            else:
+                setattr(spec, k, _num(ctx, f"{key}.options.{k}", value, lo=0.0))
+
+
+def parse_profile(data: Any, source: str = "<memory>", *, check_types: bool = True,
+                  known_types: Iterable[str] | None = None) -> Profile:
+    """Validate a profile mapping (as loaded from YAML) and return a :class:`Profile`.
+
+    ``known_types``: the model ``type:`` names to accept (e.g. ``natix_miner.models.registry.known_types()``);
+    None leaves the check to the engine's loader, which refuses unknown types before anything loads.
+    """
     ctx = _Ctx(source)
     if not isinstance(data, dict):
         raise ProfileError(f"{source}: the file must hold a mapping with 'name' and 'tiers'")
@@ -254,7 +280,7 @@ def parse_profile(data: Any, source: str = "<memory>", *, check_types: bool = Tr
         raise ctx.fail("name", "missing required key (a short name for logs, e.g. lite-cpu)")
     if "tiers" not in data or not isinstance(data["tiers"], list) or not data["tiers"]:
         raise ctx.fail("tiers", "must be a non-empty list of tiers, each with name, exit_threshold and models")
-    known = _known_types() if check_types else None
+    known = set(known_types) if (check_types and known_types is not None) else None
 
     tiers: list[TierSpec] = []
     seen_models: set[str] = set()
@@ -317,7 +343,8 @@ def _choice(ctx: _Ctx, key: str, value: Any, choices: tuple[str, ...]) -> str:
     return value
 
 
-def load_profile(path: str | Path | None = None, *, check_types: bool = True) -> Profile:
+def load_profile(path: str | Path | None = None, *, check_types: bool = True,
+                 known_types: Iterable[str] | None = None) -> Profile:
     """Load and validate a profile YAML file (default: the embedded CPU profile)."""
     import yaml
 
@@ -332,4 +359,4 @@ def load_profile(path: str | Path | None = None, *, check_types: bool = True) ->
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise ProfileError(f"{p}: not valid YAML: {e}") from e
-    return parse_profile(data, str(p), check_types=check_types)
+    return parse_profile(data, str(p), check_types=check_types, known_types=known_types)

@@ -5,9 +5,11 @@ Light on purpose: importing ``natix_miner.engine`` loads nothing heavy. ``Cascad
 
     from natix_miner.engine import CascadeEngine, Deadline
 
-Modules: ``types`` (result dataclasses), ``consensus`` (pooling, calibration, output guard),
-``deadline`` (deadlines, latency estimates), ``breaker`` (per-model circuit breaker), ``cache``
-(LRU result cache), ``batcher`` (micro-batching), ``cascade`` (the engine itself).
+Modules: ``cascade`` (the engine itself: tiers, exits, deadlines, pooling), ``runner`` (one model
+behind its worker thread: chunking, abandonment, breaker, output check), ``loader`` (choose → build
+→ place → load → warm up), ``batcher`` (micro-batching), ``consensus`` (pooling, calibration,
+output guard), ``deadline`` (latency estimates), ``breaker`` (per-model circuit breaker), ``cache``
+(LRU result cache), ``types`` (a shim for :mod:`natix_miner.types`).
 """
 
 from __future__ import annotations

@@ -1,20 +1,31 @@
 """The adapter contract every model family implements (DESIGN §2).
 
 An adapter wraps one model. The engine calls, in this order: ``load(device)`` once,
-``warmup()`` once, then ``predict(images)`` many times from worker threads (one call at a time
-per adapter: the engine serialises calls to the same adapter), and ``unload()`` at shutdown.
+``warmup()`` once, then ``predict(images, deadline=...)`` many times from worker threads (one call
+at a time per adapter: the engine serialises calls to the same adapter), and ``unload()`` at
+shutdown.
 
 ``predict`` takes a batch of RGB ``PIL.Image`` objects of any size and returns one
-:class:`~natix_miner.engine.types.Vote` per image, in order, each with ``p`` = P(roadwork) in
-[0, 1]. How a family turns its raw output into ``p`` is documented in its module.
+:class:`~natix_miner.types.Vote` per image, in order, each with ``p`` = P(roadwork) in [0, 1].
+``deadline`` (a :class:`~natix_miner.types.Deadline`, or None) is when the call must be done;
+families that budget their own work (the VLM thinking tier) read it, the others ignore it. A
+family written against the older ``predict(images)`` signature still works: the class gets a thin
+wrapper that drops the deadline (see :meth:`Adapter.__init_subclass__`). How a family turns its raw
+output into ``p`` is documented in its module.
+
+Class attributes the engine reads: ``preallocates_gpu`` (the adapter reserves its GPU share up
+front, as a vLLM engine does; such adapters load first). Models never import the engine: result
+types come from :mod:`natix_miner.types`.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from natix_miner.engine.types import Vote
+from natix_miner.types import Deadline, Vote
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -29,8 +40,24 @@ class AdapterError(RuntimeError):
 class Adapter(ABC):
     #: the profile ``type:`` this class serves; set by :func:`natix_miner.models.registry.register`
     family: ClassVar[str] = ""
-    #: optional pip packages this family needs beyond the base install (for clear errors)
-    requires: ClassVar[tuple[str, ...]] = ()
+    #: the adapter reserves its share of the GPU up front (vLLM checks at start that it is still
+    #: free), so the engine loads it before the in-process models
+    preallocates_gpu: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        fn = cls.__dict__.get("predict")
+        if fn is None or getattr(fn, "__isabstractmethod__", False):
+            return
+        params = inspect.signature(fn).parameters
+        if "deadline" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return
+
+        @functools.wraps(fn)
+        def predict(self: "Adapter", images: "list[Image.Image]", deadline: Deadline | None = None) -> list[Vote]:
+            return fn(self, images)
+
+        cls.predict = predict  # type: ignore[method-assign]
 
     def __init__(self, spec: "ModelSpec", profile: "Profile | None" = None):
         self.spec = spec
@@ -57,8 +84,8 @@ class Adapter(ABC):
         """Load weights onto ``device`` ("cpu", "cuda:0", ...). Raise AdapterError on failure."""
 
     @abstractmethod
-    def predict(self, images: "list[Image.Image]") -> list[Vote]:
-        """One vote per image, in order."""
+    def predict(self, images: "list[Image.Image]", deadline: Deadline | None = None) -> list[Vote]:
+        """One vote per image, in order. ``deadline``: when the call must be done (None: no limit)."""
 
     @staticmethod
     def warmup_images() -> "list[Image.Image]":

@@ -51,11 +51,11 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from loguru import logger
 
-from natix_miner.engine.types import Vote
 from natix_miner.models import _torch_utils as tu
 from natix_miner.models.base import Adapter, AdapterError
 from natix_miner.models.detection import ROADWORK_PROMPTS, Detection, noisy_or, normalise_label
 from natix_miner.models.registry import build_adapter, register
+from natix_miner.types import Vote
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np

@@ -21,9 +21,9 @@ from __future__ import annotations
 import threading
 import time
 
-from natix_miner.engine.types import Vote
 from natix_miner.models.base import Adapter, AdapterError
 from natix_miner.models.registry import register
+from natix_miner.types import Vote
 
 
 @register("fake")

@@ -45,11 +45,11 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from natix_miner.engine.types import Vote
 from natix_miner.models import _torch_utils as tu
 from natix_miner.models.base import Adapter, AdapterError
 from natix_miner.models.registry import register
 from natix_miner.models.zero_shot import chunked
+from natix_miner.types import Vote
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np

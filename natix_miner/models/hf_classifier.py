@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from loguru import logger
 
-from natix_miner.engine.types import Vote
 from natix_miner.models import _torch_utils as tu
 from natix_miner.models.base import Adapter, AdapterError
 from natix_miner.models.registry import register
+from natix_miner.types import Vote
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -68,8 +68,6 @@ def positive_label_ids(id2label: dict[int, str], wanted: Any, name: str = "model
 
 @register("hf_classifier")
 class HFClassifierAdapter(Adapter):
-    requires = ("transformers",)
-
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
         self.model: Any = None

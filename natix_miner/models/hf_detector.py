@@ -50,11 +50,11 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 import torch
 from loguru import logger
 
-from natix_miner.engine.types import Vote
 from natix_miner.models import _torch_utils as tu
 from natix_miner.models.base import Adapter, AdapterError
 from natix_miner.models.detection import Detection, normalise_label, roadwork_probability
 from natix_miner.models.registry import register
+from natix_miner.types import Vote
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -125,8 +125,6 @@ class _DetectionVoter(Adapter):
 
 @register("hf_detector")
 class HFDetectorAdapter(_DetectionVoter):
-    requires = ("transformers",)
-
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
         self.model: Any = None
@@ -208,8 +206,6 @@ def supervision_to_detections(det: Any, class_names: Mapping[int, str]) -> list[
 
 @register("rfdetr")
 class RFDETRAdapter(_DetectionVoter):
-    requires = ("rfdetr",)
-
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
         self.model: Any = None

@@ -60,11 +60,11 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 from loguru import logger
 
-from natix_miner.engine.types import Vote
 from natix_miner.models import _torch_utils as tu
 from natix_miner.models.base import Adapter, AdapterError
 from natix_miner.models.detection import ROADWORK_PROMPTS, Detection, normalise_label, roadwork_probability
 from natix_miner.models.registry import register
+from natix_miner.types import Vote
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -180,8 +180,6 @@ def parse_florence(text: str, token_spans: list[tuple[int, int]], token_logprobs
 
 @register("open_vocab_detector")
 class OpenVocabAdapter(Adapter):
-    requires = ("transformers",)
-
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
         self.arch = ""

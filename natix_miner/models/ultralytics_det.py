@@ -47,12 +47,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from loguru import logger
 
-from natix_miner.engine.types import Vote
 from natix_miner.models import _torch_utils as tu
 from natix_miner.models.base import Adapter, AdapterError
 from natix_miner.models.detection import ROADWORK_PROMPTS, Detection
 from natix_miner.models.hf_detector import checked_class_map, votes_from_detections
 from natix_miner.models.registry import register
+from natix_miner.types import Vote
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -76,8 +76,6 @@ def results_to_detections(result: Any, names: dict[int, str] | None = None) -> l
 
 @register("ultralytics")
 class UltralyticsAdapter(Adapter):
-    requires = ("ultralytics",)
-
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
         self.model: Any = None

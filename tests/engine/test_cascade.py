@@ -477,15 +477,28 @@ def test_adapters_that_accept_a_deadline_get_the_calls_limit():
 
 
 def test_vllm_engines_load_before_in_process_models():
-    """vLLM checks at start that its share of the GPU is free, so its engines load first."""
+    """vLLM checks at start that its share of the GPU is free, so adapters that pre-allocate load first."""
     from types import SimpleNamespace
 
     from natix_miner.engine.cascade import load_order
 
-    def ad(name, type_, engine=None):
-        return ("tier", SimpleNamespace(spec=SimpleNamespace(name=name, type=type_,
-                                                            options={"engine": engine} if engine else {})))
+    def ad(name, pre=False):
+        return ("tier", SimpleNamespace(spec=SimpleNamespace(name=name), preallocates_gpu=pre))
 
-    built = [ad("vit", "hf_classifier"), ad("qwen-local", "vlm", "transformers"), ad("qwen4b", "vlm", "vllm"),
-             ad("owl", "open_vocab_detector"), ad("qwen32b", "vlm", "vllm")]
+    built = [ad("vit"), ad("qwen-local"), ad("qwen4b", True), ad("owl"), ad("qwen32b", True)]
     assert [b[1].spec.name for b in load_order(built)] == ["qwen4b", "qwen32b", "vit", "qwen-local", "owl"]
+
+
+def test_the_vlm_adapter_preallocates_only_with_the_vllm_engine():
+    from natix_miner.models.registry import build_adapter
+    from natix_miner.profile import ModelSpec
+
+    def vlm(engine):
+        opts = {"engine": engine, "family": "qwen2_vl"}
+        if engine == "openai":
+            opts["base_url"] = "http://127.0.0.1:1/v1"
+        return build_adapter(ModelSpec(name=engine, type="vlm", licence="x", model="org/qwen2-vl", options=opts))
+
+    assert vlm("vllm").preallocates_gpu is True
+    assert vlm("transformers").preallocates_gpu is False
+    assert vlm("openai").preallocates_gpu is False

@@ -25,32 +25,31 @@ Options common to all engines (engine-specific keys: see each engine module):
   passes no deadline; default the model's ``timeout_s``, else 3 s)
 - ``call_margin_s``: time kept back from the deadline for the engine's own bookkeeping (0.02)
 
-Deadline hook: :meth:`VLMAdapter.predict` takes an optional ``deadline`` (a
-:class:`~natix_miner.engine.deadline.Deadline`); the class declares ``accepts_deadline = True`` so
-the cascade can pass the earliest deadline of the batch. Without it, the yes/no path uses the
-model's ``timeout_s`` and the thinking tier ``thinking_time_s``.
+Deadline hook: :meth:`VLMAdapter.predict` reads the optional ``deadline`` of the adapter contract
+(a :class:`~natix_miner.types.Deadline`: the engine passes the call's limit). Without it, the yes/no path uses
+the model's ``timeout_s`` and the thinking tier ``thinking_time_s``.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from natix_miner.engine.types import Vote
 from natix_miner.models.base import Adapter, AdapterError
 from natix_miner.models.registry import register
 from natix_miner.models.vlm import thinking as th
 from natix_miner.models.vlm.prompts import detect_family, is_thinking_model, yes_no_prompt
 from natix_miner.models.vlm.yesno import p_yes, summarize
+from natix_miner.types import Vote
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
-    from natix_miner.engine.deadline import Deadline
     from natix_miner.models.vlm.engines.base import VLMEngine
+    from natix_miner.types import Deadline
 
 COMMON_KEYS = frozenset({
     "engine", "family", "question", "system", "top_k", "think_tags", "thinking", "max_thinking_tokens",
@@ -75,10 +74,6 @@ ENGINE_KEYS = {
 
 @register("vlm")
 class VLMAdapter(Adapter):
-    requires: ClassVar[tuple[str, ...]] = ()
-    #: the cascade may call ``predict(images, deadline=...)``
-    accepts_deadline: ClassVar[bool] = True
-
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
         o = dict(spec.options or {})
@@ -113,6 +108,11 @@ class VLMAdapter(Adapter):
         self.final_latency = th.LatencyEMA()
         self.engine: "VLMEngine | None" = None
         self.last_budget: int | None = None  # reasoning tokens granted on the last thinking call
+
+    @property
+    def preallocates_gpu(self) -> bool:  # type: ignore[override]
+        """A vLLM engine reserves its GPU share at start, so it loads before in-process models."""
+        return self.engine_name == "vllm"
 
     # ------------------------------------------------------------------------------ lifecycle
     def make_engine(self, device: str) -> "VLMEngine":

@@ -1,0 +1,111 @@
+"""The adapter contract and the layer rules: deadline hand-over, neutral types, breaker settings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from engine_helpers import fake, make_profile, tier
+from natix_miner.models.base import Adapter
+from natix_miner.profile import ProfileError, parse_profile
+from natix_miner.types import Deadline, Vote
+
+
+class _Old(Adapter):
+    """A family written against the old ``predict(images)`` signature."""
+
+    def load(self, device):
+        self.loaded = True
+
+    def predict(self, images):
+        return [Vote(0.25) for _ in images]
+
+
+class _New(Adapter):
+    def load(self, device):
+        self.loaded = True
+
+    def predict(self, images, deadline=None):
+        return [Vote(0.0 if deadline is None else min(1.0, deadline.remaining())) for _ in images]
+
+
+def _spec():
+    return make_profile(tier("t", 0.9, fake("m"))).tiers[0].models[0]
+
+
+def test_old_predict_signature_accepts_a_deadline():
+    a = _Old(_spec())
+    assert [v.p for v in a.predict([Image.new("RGB", (4, 4))], deadline=Deadline.after(1.0))] == [0.25]
+    assert [v.p for v in a.predict([Image.new("RGB", (4, 4))])] == [0.25]
+
+
+def test_new_predict_signature_is_left_alone():
+    assert _New.predict.__qualname__ == "_New.predict"
+    p = _New(_spec()).predict([Image.new("RGB", (4, 4))], deadline=Deadline.after(0.5))[0].p
+    assert 0.4 < p <= 0.5
+
+
+def test_engine_types_is_a_shim_for_the_neutral_module():
+    import natix_miner.engine.types as et
+    import natix_miner.types as t
+
+    assert et.Vote is t.Vote and et.CascadeResult is t.CascadeResult and et.ModelVote is t.ModelVote
+    from natix_miner.engine.deadline import Deadline as D
+
+    assert D is t.Deadline
+
+
+def test_models_and_profile_load_without_the_engine():
+    code = ("import sys; import natix_miner.models.fake, natix_miner.models.vlm, natix_miner.profile; "
+            "bad = sorted(m for m in sys.modules if m.startswith(('natix_miner.engine', 'natix_miner.neuron'))); "
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_profile_does_not_import_the_model_registry():
+    code = ("import sys; import natix_miner.profile as p; p.load_profile(); "
+            "sys.exit(1 if 'natix_miner.models.registry' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_breaker_settings_are_spec_fields():
+    prof = make_profile(tier("t", 0.9, fake("m", breaker_failures=5, breaker_cooldown_s=1.5)))
+    spec = prof.tiers[0].models[0]
+    assert (spec.breaker_failures, spec.breaker_cooldown_s) == (5, 1.5) and spec.options == {}
+    with pytest.raises(ProfileError, match=r"tiers\[0\].models\[0\].breaker_failures"):
+        make_profile(tier("t", 0.9, fake("m", breaker_failures=0)))
+
+
+def test_breaker_option_keys_still_load_with_a_warning():
+    data = {"name": "old", "tiers": [{"name": "t", "exit_threshold": 0.9, "models": [
+        {"name": "m", "type": "fake", "licence": "MIT", "options": {"breaker_cooldown_s": 0.2, "p": 0.9}}]}]}
+    with pytest.warns(FutureWarning, match=r"old.yaml: tiers\[0\].models\[0\].options.breaker_cooldown_s is deprecated"):
+        prof = parse_profile(data, "old.yaml")
+    spec = prof.tiers[0].models[0]
+    assert spec.breaker_cooldown_s == 0.2 and spec.breaker_failures is None and spec.options == {"p": 0.9}
+
+
+def test_the_runner_uses_the_spec_breaker_settings():
+    from natix_miner.engine.runner import ModelRunner
+    from natix_miner.models.fake import FakeAdapter
+
+    spec = make_profile(tier("t", 0.9, fake("m", breaker_failures=7, breaker_cooldown_s=2.5))).tiers[0].models[0]
+    r = ModelRunner(FakeAdapter(spec), "t", failure_threshold=3, cooldown_s=30.0, max_call_s=1.0)
+    d = make_profile(tier("t", 0.9, fake("d"))).tiers[0].models[0]
+    r2 = ModelRunner(FakeAdapter(d), "t", failure_threshold=3, cooldown_s=30.0, max_call_s=1.0)
+    r.close()
+    r2.close()
+    assert (r.breaker.failure_threshold, r.breaker.cooldown_s) == (7, 2.5)
+    assert (r2.breaker.failure_threshold, r2.breaker.cooldown_s) == (3, 30.0)
+
+
+def test_an_unknown_type_stops_the_engine_naming_file_and_key():
+    from natix_miner.engine.cascade import CascadeEngine, EngineError
+
+    prof = make_profile(tier("t", 0.9, fake("a"), {"name": "b", "type": "nope", "licence": "MIT"}))
+    with pytest.raises(EngineError, match=r"tiers\[0\].models\[1\].type: unknown model type 'nope'"):
+        CascadeEngine(prof, devices=["cpu"]).start()
