@@ -195,12 +195,13 @@ def detections_from_votes(votes: Sequence[Vote]) -> list[list[Detection]]:
 
 
 @register("depth_check")
-class DepthCheckAdapter(Adapter):
+class DepthCheckAdapter(tu.TorchAdapter):
     """Detector whose boxes are re-weighted by a depth-based size check (see the module docstring).
 
     ``detector`` may be injected (set the attribute before ``load``); otherwise it is built from
     ``options.detector``.
     """
+    released_attrs = ("depth_model",)
 
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
@@ -330,9 +331,4 @@ class DepthCheckAdapter(Adapter):
     def unload(self) -> None:
         if self.detector is not None:
             self.detector.unload()
-        self.depth_model = None
-        self.loaded = False
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()
+        super().unload()

@@ -38,7 +38,7 @@ import torch
 from loguru import logger
 
 from natix_miner.models import _torch_utils as tu
-from natix_miner.models.base import Adapter, AdapterError
+from natix_miner.models.base import AdapterError
 from natix_miner.models.registry import register
 from natix_miner.types import Vote
 
@@ -67,7 +67,9 @@ def positive_label_ids(id2label: dict[int, str], wanted: Any, name: str = "model
 
 
 @register("hf_classifier")
-class HFClassifierAdapter(Adapter):
+class HFClassifierAdapter(tu.TorchAdapter):
+    released_attrs = ("model", "processor")
+
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
         self.model: Any = None
@@ -93,7 +95,7 @@ class HFClassifierAdapter(Adapter):
         if act not in ("softmax", "sigmoid"):
             raise AdapterError(f"{self.name}: options.activation must be softmax or sigmoid, got {act!r}")
         self.activation = act
-        tu.hf_finish_load(self, loaded)
+        self.finish_load(loaded)
         logger.info("{}: {} on {} ({}, roadwork labels {}, {}) in {:.2f}s", self.name, loaded.source, self.device,
                     str(self.dtype).replace("torch.", ""), [self.id2label[i] for i in self.positive_ids],
                     self.activation, time.perf_counter() - loaded.t0)
@@ -125,10 +127,3 @@ class HFClassifierAdapter(Adapter):
             votes.append(Vote(min(1.0, max(0.0, float(p))),
                               {"top": self.id2label.get(top, str(top)), "top_p": round(row[top], 4)}))
         return votes
-
-    def unload(self) -> None:
-        self.model = None
-        self.processor = None
-        self.loaded = False
-        if self.device.startswith("cuda"):
-            torch.cuda.empty_cache()

@@ -107,7 +107,7 @@ def post_processed_to_detections(result: Mapping[str, Any], id2label: Mapping[in
             for s, lbl, b in zip(scores, labels, boxes)]
 
 
-class _DetectionVoter(Adapter):
+class _DetectionVoter(tu.TorchAdapter):
     """``predict`` = noisy-OR over ``self.detections(images)`` mapped through ``self.class_map``."""
 
     class_map: dict[str, float]
@@ -125,6 +125,8 @@ class _DetectionVoter(Adapter):
 
 @register("hf_detector")
 class HFDetectorAdapter(_DetectionVoter):
+    released_attrs = ("model", "processor")
+
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
         self.model: Any = None
@@ -141,7 +143,7 @@ class HFDetectorAdapter(_DetectionVoter):
         self.id2label = {int(k): str(v) for k, v in loaded.model.config.id2label.items()}
         self.class_map = checked_class_map(self, self.id2label.values())
         tu.float_option(self, "threshold", DEFAULT_THRESHOLD)
-        tu.hf_finish_load(self, loaded)
+        self.finish_load(loaded)
         logger.info("{}: {} ({}) on {} ({}) in {:.2f}s; roadwork classes {}", self.name, loaded.source,
                     type(loaded.model).__name__, self.device, str(self.dtype).replace("torch.", ""),
                     time.perf_counter() - loaded.t0, sorted(self.class_map))
@@ -164,13 +166,6 @@ class HFDetectorAdapter(_DetectionVoter):
                 outputs, threshold=threshold, target_sizes=[(im.height, im.width) for im in batch])
             out.extend(post_processed_to_detections(r, self.id2label) for r in results)
         return out
-
-    def unload(self) -> None:
-        self.model = None
-        self.processor = None
-        self.loaded = False
-        if self.device.startswith("cuda"):
-            torch.cuda.empty_cache()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,6 +201,8 @@ def supervision_to_detections(det: Any, class_names: Mapping[int, str]) -> list[
 
 @register("rfdetr")
 class RFDETRAdapter(_DetectionVoter):
+    released_attrs = ("model",)
+
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
         self.model: Any = None
@@ -280,9 +277,3 @@ class RFDETRAdapter(_DetectionVoter):
                 raise AdapterError(f"{self.name}: rfdetr returned {len(res)} results for {len(batch)} images")
             out.extend(supervision_to_detections(r, self.class_names) for r in res)
         return out
-
-    def unload(self) -> None:
-        self.model = None
-        self.loaded = False
-        if self.device.startswith("cuda"):
-            torch.cuda.empty_cache()

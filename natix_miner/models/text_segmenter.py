@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from loguru import logger
 
 from natix_miner.models import _torch_utils as tu
-from natix_miner.models.base import Adapter, AdapterError
+from natix_miner.models.base import AdapterError
 from natix_miner.models.detection import noisy_or
 from natix_miner.models.registry import register
 from natix_miner.types import Vote
@@ -86,8 +86,9 @@ def combine(scores: Mapping[str, float], weights: Mapping[str, float], *, min_sc
 
 
 @register("text_segmenter")
-class TextSegmenterAdapter(Adapter):
+class TextSegmenterAdapter(tu.TorchAdapter):
     """SAM 3 text prompts -> roadwork probability (see the module docstring)."""
+    released_attrs = ("model", "_text")
 
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
@@ -177,15 +178,6 @@ class TextSegmenterAdapter(Adapter):
             votes.append(Vote(p, {"prompt_scores": {k: round(v, 4) for k, v in scores.items()},
                                   "best_prompt": best, "best_box": per_prompt[best][1]}))
         return votes
-
-    def unload(self) -> None:
-        self.model = None
-        self._text = None
-        self.loaded = False
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()
 
 
 __all__ = ["TextSegmenterAdapter", "DEFAULT_PROMPTS", "prompt_scores", "combine"]

@@ -48,7 +48,7 @@ import torch
 from loguru import logger
 
 from natix_miner.models import _torch_utils as tu
-from natix_miner.models.base import Adapter, AdapterError
+from natix_miner.models.base import AdapterError
 from natix_miner.models.detection import ROADWORK_PROMPTS, Detection
 from natix_miner.models.hf_detector import checked_class_map, votes_from_detections
 from natix_miner.models.registry import register
@@ -75,7 +75,9 @@ def results_to_detections(result: Any, names: dict[int, str] | None = None) -> l
 
 
 @register("ultralytics")
-class UltralyticsAdapter(Adapter):
+class UltralyticsAdapter(tu.TorchAdapter):
+    released_attrs = ("model",)
+
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
         self.model: Any = None
@@ -207,12 +209,6 @@ class UltralyticsAdapter(Adapter):
             return []
         return votes_from_detections(self.detections(images), self.class_map, tu.float_option(self, "conf", 0.25),
                                      tu.float_option(self, "prior", 0.02))
-
-    def unload(self) -> None:
-        self.model = None
-        self.loaded = False
-        if self.device.startswith("cuda"):
-            torch.cuda.empty_cache()
 
 
 def _path_size(path: Path) -> int:
