@@ -6,8 +6,8 @@
    skipped unless ``allow_restricted`` (recorded in ``skipped`` with why);
 2. **build**: one adapter per model through the model registry (the only door,
    :func:`natix_miner.models.registry.build_adapter`), or a pre-built one handed in (tests). A
-   ``type:`` the registry does not know is a configuration error and stops the start, naming the
-   profile file and key;
+   ``type:`` the registry does not know, or ``options:`` its family's options model refuses, is a
+   configuration error and stops the start, naming the profile file and key;
 3. **place**: :func:`natix_miner.devices.plan_placement` packs the models on the devices
    (:func:`natix_miner.devices.resolve_capacities`); a misfit raises ``PlacementError`` before
    anything loads;
@@ -64,6 +64,14 @@ def check_types(profile: "Profile", skip: "set[str] | frozenset[str]" = frozense
                                   f"{spec.type!r}; known types: {', '.join(sorted(known))}")
 
 
+def _key_of(profile: "Profile", name: str) -> str:
+    for i, tier in enumerate(profile.tiers):
+        for j, spec in enumerate(tier.models):
+            if spec.name == name:
+                return f"tiers[{i}].models[{j}]"
+    return f"model {name!r}"
+
+
 class _Dropper:
     def __init__(self, skipped: dict[str, str]):
         self.skipped = skipped
@@ -102,6 +110,7 @@ def load_models(profile: "Profile", *, capacities: Callable[[], dict[str, float]
     (optional) is filled in place, so a caller sees what was dropped even when this raises.
     """
     from natix_miner.devices import DeviceError, plan_placement
+    from natix_miner.models.base import OptionsError
     from natix_miner.models.registry import build_adapter
 
     injected = dict(adapters or {})
@@ -114,6 +123,8 @@ def load_models(profile: "Profile", *, capacities: Callable[[], dict[str, float]
     for tier, spec in chosen:
         try:
             ad = injected.get(spec.name) or build_adapter(spec, profile)
+        except OptionsError as e:  # a typo in the profile: refuse to start
+            raise EngineError(f"{profile.source}: {_key_of(profile, spec.name)}.{e.key}: {e.reason}") from e
         except Exception as e:
             drop(spec.name, f"cannot build adapter: {type(e).__name__}: {e}", only=len(chosen) == 1)
             continue

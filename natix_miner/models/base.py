@@ -25,6 +25,8 @@ import inspect
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from natix_miner.types import Deadline, Vote
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,12 +39,36 @@ class AdapterError(RuntimeError):
     """An adapter cannot load or run (missing weights, bad options, missing optional backend)."""
 
 
+class OptionsError(AdapterError):
+    """A model's ``options:`` do not match its family's options model (an unknown key, a wrong type).
+
+    ``key`` is the dotted option path (``options.latency_ms``), ``reason`` what is wrong; the engine's
+    loader names the profile file and the model's position with them."""
+
+    def __init__(self, model: str, key: str, reason: str):
+        super().__init__(f"model {model!r}: {key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+class FamilyOptions(BaseModel):
+    """Base of a family's typed ``options:``: frozen, unknown keys refused. ``cpu_ok`` is read by the
+    placement planner (``devices.py``) for every family."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cpu_ok: bool | None = None
+
+
 class Adapter(ABC):
     #: the profile ``type:`` this class serves; set by :func:`natix_miner.models.registry.register`
     family: ClassVar[str] = ""
     #: the adapter reserves its share of the GPU up front (vLLM checks at start that it is still
     #: free), so the engine loads it before the in-process models
     preallocates_gpu: bool = False
+    #: the family's typed options (a :class:`FamilyOptions` subclass), parsed once when the adapter is
+    #: built into ``self.opts``; None (the default) keeps free-form ``spec.options`` (``self.opts`` is None)
+    options_model: ClassVar[type[FamilyOptions] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -65,6 +91,20 @@ class Adapter(ABC):
         self.device: str = "cpu"
         self.loaded = False
         self.measured_memory_mb: float | None = None
+        self.opts: Any = self.parse_options(spec)
+
+    @classmethod
+    def parse_options(cls, spec: "ModelSpec") -> Any:
+        """``spec.options`` validated by the family's ``options_model`` (None without one); raises
+        :class:`OptionsError` naming the first bad key."""
+        if cls.options_model is None:
+            return None
+        try:
+            return cls.options_model.model_validate(dict(spec.options or {}))
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(x) for x in err.get("loc", ()))
+            raise OptionsError(spec.name, f"options.{loc}" if loc else "options", err.get("msg", str(e))) from None
 
     @property
     def name(self) -> str:

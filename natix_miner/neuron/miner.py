@@ -125,10 +125,10 @@ class Miner:
         from natix_miner.profile import load_profile
 
         self._profile = load_profile(self.config.profile)
-        if self.config.deadline_s is not None:
-            self._profile.deadline_s = self.config.deadline_s
+        if self.config.deadline_s is not None:  # profiles are frozen: overrides are validated copies
+            self._profile = self._profile.replace(deadline_s=self.config.deadline_s)
         if self.config.no_cache:
-            self._profile.cache.enabled = False
+            self._profile = self._profile.replace(cache={"enabled": False})
         return CascadeEngine(self._profile, allow_restricted=self.config.allow_restricted,
                              devices=self.config.devices())
 

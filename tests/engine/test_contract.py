@@ -109,3 +109,47 @@ def test_an_unknown_type_stops_the_engine_naming_file_and_key():
     prof = make_profile(tier("t", 0.9, fake("a"), {"name": "b", "type": "nope", "licence": "MIT"}))
     with pytest.raises(EngineError, match=r"tiers\[0\].models\[1\].type: unknown model type 'nope'"):
         CascadeEngine(prof, devices=["cpu"]).start()
+
+
+def test_profiles_are_frozen_and_overrides_are_validated_copies():
+    import dataclasses
+
+    prof = make_profile(tier("t", 0.9, fake("m")))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        prof.deadline_s = 1.0  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        prof.cache.enabled = False  # type: ignore[misc]
+    fast = prof.replace(deadline_s=1.0, cache={"enabled": False})
+    assert (fast.deadline_s, fast.cache.enabled, fast.cache.size) == (1.0, False, prof.cache.size)
+    assert (prof.deadline_s, prof.cache.enabled) == (2.0, True)  # the original is untouched
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        prof.replace(deadline_s=9.5)  # the bound is checked on the copy too
+    with pytest.raises(ValidationError):
+        prof.tiers[0].models[0].replace(wieght=2.0)
+
+
+def test_family_options_are_parsed_once_and_typos_stop_the_start():
+    from natix_miner.engine.cascade import CascadeEngine, EngineError
+    from natix_miner.models.base import OptionsError
+    from natix_miner.models.fake import FakeAdapter, FakeOptions
+
+    spec = make_profile(tier("t", 0.9, fake("m", p=0.3, latency_ms=0))).tiers[0].models[0]
+    a = FakeAdapter(spec)
+    assert isinstance(a.opts, FakeOptions) and a.opts.p == 0.3
+    bad = make_profile(tier("t", 0.9, fake("m", latncy_ms=5))).tiers[0].models[0]
+    with pytest.raises(OptionsError, match="options.latncy_ms"):
+        FakeAdapter(bad)
+    prof = make_profile(tier("t", 0.9, fake("ok"), fake("typo", fail="explode")))
+    with pytest.raises(EngineError, match=r"tiers\[0\].models\[1\].options.fail: "):
+        CascadeEngine(prof, devices=["cpu"]).start()
+
+
+def test_a_family_without_an_options_model_keeps_free_form_options():
+    class Free(_New):
+        pass
+
+    spec = make_profile(tier("t", 0.9, fake("m", anything=1, nested={"a": [1]}))).tiers[0].models[0]
+    a = Free(spec)
+    assert a.opts is None and a.spec.options == {"anything": 1, "nested": {"a": [1]}}
