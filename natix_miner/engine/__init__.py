@@ -6,7 +6,8 @@ Light on purpose: importing ``natix_miner.engine`` loads nothing heavy. ``Cascad
     from natix_miner.engine import CascadeEngine, Deadline
 
 Modules: ``cascade`` (the engine itself: tiers, exits, deadlines, pooling), ``runner`` (one model
-behind its worker thread: chunking, abandonment, breaker, output check), ``loader`` (choose → build
+behind its worker thread: chunking, abandonment, breaker, output check), ``executor`` (one tier's
+calls under per-image deadlines), ``loader`` (choose → build
 → place → load → warm up), ``batcher`` (micro-batching), ``consensus`` (pooling, calibration,
 output guard), ``deadline`` (latency estimates), ``breaker`` (per-model circuit breaker), ``cache``
 (LRU result cache), ``types`` (a shim for :mod:`natix_miner.types`).

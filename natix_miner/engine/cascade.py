@@ -1,46 +1,26 @@
-"""The cascade engine: tiers of models, early exit, deadlines, fault isolation, micro-batching.
+"""The cascade engine: the policy — tiers, early exit, deadlines, pooling (docs/architecture.md §1, §4, §6).
 
 How a batch flows (``CascadeEngine._process``, used by the micro-batcher's flush threads and by
 :meth:`CascadeEngine.infer_batch_sync` alike):
 
-1. Tiers run in profile order on the images that are still undecided. Every model of a tier is
-   called once per batch (chunked by its ``batch_size``); the models of one tier run at the same
-   time, each in its own worker thread.
-2. Before a tier, each image's remaining time is compared with each model's estimate (its p95
-   latency, ``LatencyTracker.estimate``, × number of chunks). A model runs on the images whose
-   remaining time covers its estimate; an image that no model of the tier fits skips the tier and
-   is answered at once with what it has (``exit_reason = "deadline"``). With one model per tier,
-   or models of similar speed, this is "skip the tier when its max p95 does not fit"; with mixed
-   speeds, the fast models still vote instead of the whole tier being lost. Models that cannot
-   run (breaker open, worker stuck on an abandoned call) do not count in the estimate: they fail
-   fast. Deadlines stay per image: a batch groups requests that arrived within a few ms, and
-   each keeps its own deadline.
-3. While a tier runs, the engine wakes at each image's deadline and at each call's own limit
-   (``timeout_s`` per chunk): an image whose deadline passed is answered with its votes so far;
-   a call nobody waits for any more, or past its limit, is *abandoned*: its late result is
-   discarded, the model's worker is marked busy until the call returns (later calls fail fast
-   with "busy" instead of queueing behind a hung model), and its breaker counts a failure.
-4. After the tier, each image's votes so far are pooled (profile ``consensus``), the pooled P is
-   remapped by the calibration (threshold → 0.5, temperature), and the image exits when
-   ``max(P_cal, 1 − P_cal) >= tier.exit_threshold``. The *calibrated* P is used for the exit test
-   because the calibration threshold is the decision boundary: confidence must measure the
-   distance from that boundary, not from a raw 0.5 that is not where the decision is made.
-5. After the last tier: ``"exhausted"``. With no valid vote at all: ``"no_votes"`` and the
-   neutral fallback ``finalize(0.5) = 0.4999`` (class "none").
+1. Tiers run in profile order on the images still undecided; the models of one tier run at the same
+   time, each on its own worker (:mod:`natix_miner.engine.runner`), chunked by its ``batch_size``.
+2. Before a tier, each image's time left is compared with each model's estimate (p95 latency ×
+   chunks). A model runs on the images it fits; an image no model fits exits at once with what it has
+   (``"deadline"``). Models that cannot run (breaker open, worker stuck) fail fast and do not count.
+   Deadlines stay per image: a batch groups requests that arrived together, each keeps its own.
+3. While a tier runs, the engine wakes at each image's deadline and at each call's own limit: an
+   image past its deadline is answered with its votes so far; a call nobody waits for, or past its
+   limit, is abandoned (its late result discarded, its worker busy until it returns).
+4. After the tier, the votes so far are pooled (profile ``consensus``), remapped by the calibration
+   and the image exits when ``max(P_cal, 1 − P_cal) >= tier.exit_threshold``. The *calibrated* P is
+   tested because the calibration threshold is the decision boundary.
+5. After the last tier: ``"exhausted"``; with no valid vote: ``"no_votes"`` and ``finalize(None)``.
 
-The answer is ``prediction = finalize(calibrate(pooled, threshold, temperature), epsilon)``:
-a finite float in [ε, 1 − ε], never exactly 0.5.
-
-Where things live: this module is the policy (tiers, exits, deadlines, pooling); one model's worker
-thread, abandonment, breaker and output check are in :mod:`natix_miner.engine.runner`; bringing the
-models up (build, place, load, warm up) is :mod:`natix_miner.engine.loader`; device capacities are
-:func:`natix_miner.devices.resolve_capacities`.
-
-Fault isolation: a model that raises (``MemoryError`` / ``torch.cuda.OutOfMemoryError`` are
-recognised by name as "oom", and the CUDA cache is emptied when torch is already loaded),
-returns NaN/out-of-range values or the wrong number of votes, or times out, loses its vote for
-that batch; the error is counted, logged and recorded in the result's votes, and its circuit
-breaker is updated (3 consecutive failures → skipped for a 30 s cool-down, then one trial call).
+The answer is ``finalize(calibrate(pooled, threshold, temperature), epsilon)``: a finite float in
+[ε, 1 − ε], never exactly 0.5. Bringing models up is :mod:`natix_miner.engine.loader`; running a tier's
+calls under the deadlines is :mod:`natix_miner.engine.executor`; one model's worker, breaker and output
+check are :mod:`natix_miner.engine.runner`.
 
 Cache: results are looked up by the caller's key (sha256 of the image bytes) before batching and
 stored only when complete (exit by threshold or exhausted, no model error in the votes), so a
@@ -54,8 +34,7 @@ import math
 import threading
 import time
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Sequence
 
 from loguru import logger
@@ -63,9 +42,10 @@ from loguru import logger
 from natix_miner.engine.batcher import MicroBatcher, Pending, future_deliverer
 from natix_miner.engine.cache import ResultCache
 from natix_miner.engine.consensus import calibrate, confidence, finalize, pool
+from natix_miner.engine.executor import ImageState, run_tier
 from natix_miner.engine.loader import load_order
-from natix_miner.engine.runner import DEFAULT_MAX_CALL_S, EngineError, ModelJob, ModelRunner, classify_error
-from natix_miner.types import CascadeResult, Deadline, ModelVote
+from natix_miner.engine.runner import DEFAULT_MAX_CALL_S, EngineError, ModelRunner, classify_error
+from natix_miner.types import CascadeResult, Deadline
 
 if TYPE_CHECKING:  # pragma: no cover
     from natix_miner.devices import PlacementPlan
@@ -83,23 +63,6 @@ INFER_GRACE_S = 0.1
 class _Tier:
     spec: "TierSpec"
     runners: list[ModelRunner]
-
-
-@dataclass
-class _ImageState:
-    req: Pending
-    votes: list[ModelVote] = field(default_factory=list)
-    tiers_used: list[str] = field(default_factory=list)
-    ps: list[float] = field(default_factory=list)
-    ws: list[float] = field(default_factory=list)
-    done: bool = False
-    result: CascadeResult | None = None
-
-    def add(self, mv: ModelVote) -> None:
-        self.votes.append(mv)
-        if mv.p is not None:
-            self.ps.append(mv.p)
-            self.ws.append(mv.weight)
 
 
 class CascadeEngine:
@@ -300,7 +263,7 @@ class CascadeEngine:
             if not it.done:
                 it.resolve(self._fallback(it.enqueued_at, "fallback"))
 
-    def _pooled(self, s: _ImageState) -> float | None:
+    def _pooled(self, s: ImageState) -> float | None:
         c = self.profile.consensus
         return pool(c.method, s.ps, s.ws, c.bias)
 
@@ -308,7 +271,7 @@ class CascadeEngine:
         cal = self.profile.calibration
         return calibrate(pooled, cal.threshold, cal.temperature)
 
-    def _finish(self, s: _ImageState, reason: str) -> None:
+    def _finish(self, s: ImageState, reason: str) -> None:
         if s.done:
             return
         s.done = True
@@ -334,16 +297,16 @@ class CascadeEngine:
     def _process(self, batch: list[Pending]) -> None:
         # Identical images in one batch (a validator's burst of ten copies) are computed once: the
         # first request with a key leads, the others get its result.
-        states: list[_ImageState] = []
-        leaders: dict[str, _ImageState] = {}
-        followers: list[tuple[Pending, _ImageState]] = []
+        states: list[ImageState] = []
+        leaders: dict[str, ImageState] = {}
+        followers: list[tuple[Pending, ImageState]] = []
         for r in batch:
             if r.done:
                 continue
             if r.key is not None and r.key in leaders:
                 followers.append((r, leaders[r.key]))
                 continue
-            st = _ImageState(r)
+            st = ImageState(r)
             states.append(st)
             if r.key is not None:
                 leaders[r.key] = st
@@ -358,7 +321,7 @@ class CascadeEngine:
                 elif not r.done:
                     r.resolve(self._fallback(r.enqueued_at, "fallback"))
 
-    def _run_cascade(self, states: list[_ImageState]) -> None:
+    def _run_cascade(self, states: list[ImageState]) -> None:
         active = states
         for tier in self._tiers:
             if not active:
@@ -374,7 +337,7 @@ class CascadeEngine:
             active = [s for s in active if not s.done]
             if not active:
                 break
-            self._run_tier(tier, assign)
+            run_tier(tier.spec.name, assign, self._finish)
             active = [s for s in active if not s.done]
             thr = tier.spec.exit_threshold
             for s in active:
@@ -385,7 +348,7 @@ class CascadeEngine:
         for s in active:
             self._finish(s, "exhausted")
 
-    def _assign(self, tier: _Tier, active: list[_ImageState]) -> list[tuple[ModelRunner, list[_ImageState]]]:
+    def _assign(self, tier: _Tier, active: list[ImageState]) -> list[tuple[ModelRunner, list[ImageState]]]:
         """Which images each model of the tier runs on.
 
         A model that can run (breaker closed or due for a trial, worker not stuck) gets the
@@ -395,7 +358,7 @@ class CascadeEngine:
         the breaker count a stuck worker.
         """
         runnable = [r for r in tier.runners if r.can_run()]
-        out: list[tuple[ModelRunner, list[_ImageState]]] = []
+        out: list[tuple[ModelRunner, list[ImageState]]] = []
         fitted: set[int] = set()
         for r in runnable:
             est = r.estimate_s(len(active))
@@ -416,63 +379,6 @@ class CascadeEngine:
         order = {id(r): i for i, r in enumerate(tier.runners)}
         out.sort(key=lambda rs: order[id(rs[0])])
         return out
-
-    def _run_tier(self, tier: _Tier, assign: list[tuple[ModelRunner, list[_ImageState]]]) -> None:
-        tname = tier.spec.name
-        seen: set[int] = set()
-        for _, ss in assign:
-            for s in ss:
-                if id(s) not in seen:
-                    seen.add(id(s))
-                    s.tiers_used.append(tname)
-        pending: dict[Future, tuple[ModelRunner, ModelJob, list[_ImageState]]] = {}
-        for r, ss in assign:
-            cap = max(s.req.deadline.at for s in ss) - time.monotonic()
-            job = r.start([s.req.payload for s in ss], cap if math.isfinite(cap) else 0.0)
-            if isinstance(job, str):
-                for s in ss:
-                    s.add(ModelVote(r.name, tname, None, r.spec.weight, 0.0, job))
-                continue
-            pending[job.future] = (r, job, ss)
-
-        def record(r: ModelRunner, job: ModelJob, ss: list[_ImageState], outcome: Any) -> None:
-            lat = ((job.finished_at or time.monotonic()) - job.submitted_at) * 1000.0
-            for i, s in enumerate(ss):
-                if s.done:
-                    continue
-                if isinstance(outcome, str):
-                    s.add(ModelVote(r.name, tname, None, r.spec.weight, lat, outcome))
-                else:
-                    ps, errs = outcome
-                    s.add(ModelVote(r.name, tname, ps[i], r.spec.weight, lat, errs[i]))
-
-        while pending:
-            now = time.monotonic()
-            for r, job, ss in pending.values():
-                for s in ss:
-                    if not s.done and s.req.deadline.at <= now:
-                        for r2, job2, ss2 in pending.values():
-                            if any(x is s for x in ss2):
-                                s.add(ModelVote(r2.name, tname, None, r2.spec.weight,
-                                                (now - job2.submitted_at) * 1000.0, "deadline"))
-                        self._finish(s, "deadline")
-            for fut, (r, job, ss) in list(pending.items()):
-                if fut.done():
-                    continue
-                waiting = any(not s.done for s in ss)
-                if not waiting or now >= job.limit_at:
-                    why = "no request waits for it any more" if not waiting else f"over its {job.limit_s:.3f} s limit"
-                    if r.abandon(job, why):
-                        del pending[fut]
-                        record(r, job, ss, f"timeout after {(now - job.submitted_at):.3f} s ({why})")
-            if not pending:
-                break
-            wake = min([s.req.deadline.at for _, _, ss in pending.values() for s in ss if not s.done]
-                       + [j.limit_at for _, j, _ in pending.values()])
-            done, _ = wait(list(pending), timeout=max(0.0, wake - time.monotonic()), return_when=FIRST_COMPLETED)
-            for fut in done:
-                r, job, ss = pending.pop(fut)
-                record(r, job, ss, r.outcome(job))
 
     # ------------------------------------------------------------------------------ stats
     def stats(self) -> dict:
