@@ -153,3 +153,21 @@ def test_a_family_without_an_options_model_keeps_free_form_options():
     spec = make_profile(tier("t", 0.9, fake("m", anything=1, nested={"a": [1]}))).tiers[0].models[0]
     a = Free(spec)
     assert a.opts is None and a.spec.options == {"anything": 1, "nested": {"a": [1]}}
+
+
+def test_a_vlm_option_typo_stops_the_start_naming_file_and_key():
+    from natix_miner.engine.cascade import CascadeEngine, EngineError
+
+    data = {"name": "v", "tiers": [{"name": "t", "exit_threshold": 0.9, "models": [
+        {"name": "ok", "type": "fake", "licence": "MIT"},
+        {"name": "qwen", "type": "vlm", "licence": "Apache-2.0", "model": "org/qwen2-vl",
+         "options": {"engine": "openai", "family": "qwen2_vl", "base_url": "http://127.0.0.1:1/v1",
+                     "top_kk": 5}}]}]}
+    prof = parse_profile(data, "configs/v.yaml")
+    with pytest.raises(EngineError, match=r"configs/v.yaml: tiers\[0\].models\[1\].options.top_kk: not an option"):
+        CascadeEngine(prof, devices=["cpu"]).start()
+    data["tiers"][0]["models"][1]["options"]["cpu_ok"] = True  # read by the planner: allowed
+    del data["tiers"][0]["models"][1]["options"]["top_kk"]
+    from natix_miner.models.registry import build_adapter
+
+    assert build_adapter(parse_profile(data, "v.yaml").tiers[0].models[1]).opts is None  # free-form family

@@ -36,9 +36,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from loguru import logger
-
-from natix_miner.models.base import Adapter, AdapterError
+from natix_miner.models.base import Adapter, AdapterError, OptionsError
 from natix_miner.models.registry import register
 from natix_miner.models.vlm import thinking as th
 from natix_miner.models.vlm.prompts import detect_family, is_thinking_model, yes_no_prompt
@@ -55,8 +53,7 @@ COMMON_KEYS = frozenset({
     "engine", "family", "question", "system", "top_k", "think_tags", "thinking", "max_thinking_tokens",
     "min_thinking_tokens", "s_per_token", "safety_s", "final_step_s", "thinking_time_s", "call_margin_s",
     "min_pixels", "max_pixels", "warmup",
-    # read by the cascade, not by the adapter
-    "breaker_failures", "breaker_cooldown_s",
+    "cpu_ok",  # read by the placement planner (devices.py) for every family
 })
 ENGINE_KEYS = {
     "transformers": frozenset({"dtype", "model_class", "trust_remote_code", "attn_implementation",
@@ -82,8 +79,9 @@ class VLMAdapter(Adapter):
             raise AdapterError(f"{spec.name}: options.engine must be one of {', '.join(ENGINE_KEYS)}, "
                                f"got {self.engine_name!r}")
         unknown = set(o) - COMMON_KEYS - ENGINE_KEYS[self.engine_name]
-        if unknown:
-            logger.warning(f"{spec.name}: options not used by the vlm/{self.engine_name} adapter: {sorted(unknown)}")
+        if unknown:  # a typo: the engine's loader refuses to start, naming the file and key
+            raise OptionsError(spec.name, f"options.{sorted(unknown)[0]}",
+                               f"not an option of the vlm/{self.engine_name} adapter (unknown: {sorted(unknown)})")
         if not spec.model:
             raise AdapterError(f"{spec.name}: a vlm model needs `model:` (hub id, local folder, or the served name)")
         self.model_ref = self.resolve(spec.model)
