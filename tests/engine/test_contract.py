@@ -171,3 +171,19 @@ def test_a_vlm_option_typo_stops_the_start_naming_file_and_key():
     from natix_miner.models.registry import build_adapter
 
     assert build_adapter(parse_profile(data, "v.yaml").tiers[0].models[1]).opts is None  # free-form family
+
+
+def test_shipped_profiles_options_parse_with_their_family_models():
+    from pathlib import Path
+
+    from natix_miner.models.registry import adapter_class, known_types
+    from natix_miner.profile import REPO_ROOT, load_profile
+
+    checked = 0
+    for f in sorted(Path(REPO_ROOT / "configs").glob("*.yaml")):
+        for _, spec in load_profile(f, known_types=known_types()).models(enabled_only=False):
+            cls = adapter_class(spec.type)
+            if cls.options_model is not None:
+                cls.parse_options(spec)  # raises OptionsError on a key the family does not know
+                checked += 1
+    assert checked > 0
