@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
-from natix_miner.models.base import Adapter, AdapterError
+from natix_miner.models.base import Adapter, AdapterError, FamilyOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -179,6 +179,15 @@ def hf_finish_load(adapter: "Adapter", loaded: HFLoaded) -> None:
     """Compatibility wrapper: :meth:`TorchAdapter.finish_load` for adapters that are not (yet) a
     :class:`TorchAdapter`; new code calls ``self.finish_load(loaded)``."""
     TorchAdapter.finish_load(adapter, loaded)  # type: ignore[arg-type]
+
+
+class TorchFamilyOptions(FamilyOptions):
+    """Options every transformers-loaded family understands (read by the helpers above)."""
+
+    dtype: str | None = None  # auto | fp32 | fp16 | bf16 (checked by resolve_dtype at load)
+    revision: str | None = None  # hub revision for from_pretrained
+    cache_dir: str | None = None  # hub cache folder
+    gpu_preprocess: bool = False  # resize/normalise on the GPU with a torchvision processor
 
 
 class TorchAdapter(Adapter):

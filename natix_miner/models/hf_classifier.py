@@ -32,7 +32,7 @@ image sizes and colour modes batches together (images are converted to RGB first
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from loguru import logger
@@ -66,9 +66,18 @@ def positive_label_ids(id2label: dict[int, str], wanted: Any, name: str = "model
     return sorted(ids)
 
 
+class HFClassifierOptions(tu.TorchFamilyOptions):
+    """``options:`` of ``type: hf_classifier`` (see the module docstring), parsed once at build."""
+
+    positive_labels: list[str] | str | None = None
+    activation: Literal["softmax", "sigmoid"] | None = None
+
+
 @register("hf_classifier")
 class HFClassifierAdapter(tu.TorchAdapter):
     released_attrs = ("model", "processor")
+    options_model = HFClassifierOptions
+    opts: HFClassifierOptions
 
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
@@ -86,14 +95,11 @@ class HFClassifierAdapter(tu.TorchAdapter):
         loaded = tu.hf_load_image_model(self, AutoModelForImageClassification, device)
         model = loaded.model
         self.id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
-        self.positive_ids = positive_label_ids(self.id2label, self.spec.options.get("positive_labels"),
-                                               self.name)
-        act = self.spec.options.get("activation")
+        self.positive_ids = positive_label_ids(self.id2label, self.opts.positive_labels, self.name)
+        act = self.opts.activation  # softmax | sigmoid, checked at build
         if act is None:
             multi = getattr(model.config, "problem_type", None) == "multi_label_classification"
             act = "sigmoid" if multi or model.config.num_labels == 1 else "softmax"
-        if act not in ("softmax", "sigmoid"):
-            raise AdapterError(f"{self.name}: options.activation must be softmax or sigmoid, got {act!r}")
         self.activation = act
         self.finish_load(loaded)
         logger.info("{}: {} on {} ({}, roadwork labels {}, {}) in {:.2f}s", self.name, loaded.source, self.device,

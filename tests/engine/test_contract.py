@@ -187,3 +187,21 @@ def test_shipped_profiles_options_parse_with_their_family_models():
                 cls.parse_options(spec)  # raises OptionsError on a key the family does not know
                 checked += 1
     assert checked > 0
+
+
+def test_typed_families_refuse_bad_options_when_built():
+    from natix_miner.models.base import OptionsError
+    from natix_miner.models.registry import build_adapter
+    from natix_miner.profile import ModelSpec
+
+    def spec(type_, **options):
+        return ModelSpec(name="x", type=type_, licence="MIT", model="org/x", options=options)
+
+    assert build_adapter(spec("hf_classifier", activation="sigmoid", dtype="fp16")).opts.activation == "sigmoid"
+    with pytest.raises(OptionsError, match="options.activation"):
+        build_adapter(spec("hf_classifier", activation="relu"))
+    with pytest.raises(OptionsError, match="options.positve_labels"):
+        build_adapter(spec("hf_classifier", positve_labels=["a"]))
+    assert build_adapter(spec("text_segmenter", max_area=0.6)).opts.max_area == 0.6
+    with pytest.raises(OptionsError, match="min_area"):
+        build_adapter(spec("text_segmenter", min_area=0.8, max_area=0.2))
