@@ -205,3 +205,19 @@ def test_typed_families_refuse_bad_options_when_built():
     assert build_adapter(spec("text_segmenter", max_area=0.6)).opts.max_area == 0.6
     with pytest.raises(OptionsError, match="min_area"):
         build_adapter(spec("text_segmenter", min_area=0.8, max_area=0.2))
+
+
+def test_detector_options_are_typed():
+    from natix_miner.models.base import OptionsError
+    from natix_miner.models.registry import build_adapter
+    from natix_miner.profile import ModelSpec
+
+    ok = build_adapter(ModelSpec(name="d", type="hf_detector", licence="MIT", model="org/d",
+                                 options={"class_map": {"traffic cone": 1.0}, "threshold": 0.4}))
+    assert ok.opts.threshold == 0.4 and ok.opts.prior == 0.02
+    with pytest.raises(OptionsError, match="options.threshold"):
+        build_adapter(ModelSpec(name="d", type="hf_detector", licence="MIT", model="org/d",
+                                options={"class_map": {"a": 1.0}, "threshold": 1.5}))
+    with pytest.raises(OptionsError, match="options.variant"):  # an rfdetr key is not an hf_detector key
+        build_adapter(ModelSpec(name="d", type="hf_detector", licence="MIT", model="org/d",
+                                options={"class_map": {"a": 1.0}, "variant": "large"}))
