@@ -221,3 +221,17 @@ def test_detector_options_are_typed():
     with pytest.raises(OptionsError, match="options.variant"):  # an rfdetr key is not an hf_detector key
         build_adapter(ModelSpec(name="d", type="hf_detector", licence="MIT", model="org/d",
                                 options={"class_map": {"a": 1.0}, "variant": "large"}))
+
+
+def test_ultralytics_options_are_typed():
+    from natix_miner.models.base import OptionsError
+    from natix_miner.models.registry import build_adapter
+    from natix_miner.profile import ModelSpec
+
+    a = build_adapter(ModelSpec(name="y", type="ultralytics", licence="AGPL-3.0", model="y.pt",
+                                options={"imgsz": 320, "conf": 0.15, "prompts": True}))
+    assert (a.opts.imgsz, a.opts.conf, a.opts.iou, a.opts.max_det) == (320, 0.15, 0.7, 100)
+    with pytest.raises(OptionsError, match="options.conf"):
+        build_adapter(ModelSpec(name="y", type="ultralytics", licence="x", model="y.pt", options={"conf": 2}))
+    with pytest.raises(OptionsError, match="options.imgs"):
+        build_adapter(ModelSpec(name="y", type="ultralytics", licence="x", model="y.pt", options={"imgs": 640}))
