@@ -1,4 +1,4 @@
-"""Placement planner: which model goes on which device, decided before anything loads (DESIGN §5).
+"""Placement planner: which model goes on which device, decided before anything loads (docs/architecture.md §5).
 
 :func:`plan_placement` takes ``(spec, memory_mb)`` pairs and the devices with their total memory
 in MB, and packs the models with ``headroom`` (default 10 %) kept free on every device:

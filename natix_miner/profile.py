@@ -26,7 +26,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
 DEFAULT_PROFILE = REPO_ROOT / "configs" / "lite-cpu.yaml"
 
-# The validator's dendrite timeout is 9 s (PROTOCOL §2.5): a deadline must leave room for the
+# The validator's dendrite timeout is 9 s (docs/protocol.md §2.5): a deadline must leave room for the
 # network and the axon's own overhead.
 MAX_DEADLINE_S = 8.5
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -90,7 +90,7 @@ class TierSpec(_Replace):
 
 @_frozen
 class ConsensusSpec(_Replace):
-    method: Literal["geometric", "design_legacy"] = "geometric"  # geometric | design_legacy (documented as wrong, DESIGN §4)
+    method: Literal["geometric", "design_legacy"] = "geometric"  # geometric | design_legacy (documented as wrong, docs/architecture.md §4)
     bias: float = 0.0  # added to the pooled log-odds
 
 

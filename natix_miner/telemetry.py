@@ -15,7 +15,7 @@ windows) and, when enabled, sends them to a wandb run. ``wandb`` is imported laz
 (import, ``init``, ``log``, ``finish``) logs one warning and switches wandb off for the rest of the process,
 while the in-memory statistics keep working. It never raises into the caller.
 
-Scoring windows, computed as ``natix/validator/miner_performance_tracker.py`` does (PROTOCOL §3.1): the last
+Scoring windows, computed as ``natix/validator/miner_performance_tracker.py`` does (docs/protocol.md §3.1): the last
 100 labelled answers for MCC and the last 10 for accuracy, predictions equal to exactly ``-1`` dropped,
 ``np.round`` (so 0.5 → class 0), MCC = ``max(0, matthews_corrcoef)`` and 0 unless both the labels and the
 rounded predictions contain two distinct values, every metric 0 if a rounded prediction falls outside {0, 1}

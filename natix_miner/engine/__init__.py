@@ -1,4 +1,4 @@
-"""The cascade engine (DESIGN §1, §4, §6).
+"""The cascade engine (docs/architecture.md §1, §4, §6).
 
 Light on purpose: importing ``natix_miner.engine`` loads nothing heavy. ``CascadeEngine`` and
 ``Deadline`` are re-exported lazily::

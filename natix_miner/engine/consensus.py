@@ -1,6 +1,6 @@
 """Consensus (pooling of model votes), calibration remap and the final output guard.
 
-Pooling (DESIGN §4)
+Pooling (docs/architecture.md §4)
 -------------------
 :func:`pool_geometric` is a weighted geometric pool of probabilities::
 

@@ -1,4 +1,4 @@
-"""Deadlines and per-model latency estimates (DESIGN §6).
+"""Deadlines and per-model latency estimates (docs/architecture.md §6).
 
 :class:`Deadline` lives in :mod:`natix_miner.types` (models read it too) and is re-exported here.
 A :class:`Deadline` is an absolute ``time.monotonic()`` instant, so it can be handed across

@@ -54,7 +54,7 @@ class CascadeParams:
 def simulate_reward(labels, preds, window_mcc: int = 100, window_acc: int = 10) -> float:
     """Mean per-query reward the validator would give for answering ``preds`` in this order.
 
-    Same rules as PROTOCOL §3 (np.round, MCC clipped at 0 and 0 unless both classes appear in the
+    Same rules as docs/protocol.md §3 (np.round, MCC clipped at 0 and 0 unless both classes appear in the
     window's labels and predictions, reward = (0.5·MCC100 + 0.5·Acc10)^3; answers are all valid here).
     O(n) with cumulative sums.
     """
@@ -91,7 +91,7 @@ def simulate_reward(labels, preds, window_mcc: int = 100, window_acc: int = 10) 
 def expected_reward(labels, preds, repeats: int = 20, seed: int = 0, length: int = 300) -> float:
     """Mean :func:`simulate_reward` over streams drawn the way a validator draws challenges.
 
-    A validator picks the label uniformly first, then an image of that label (PROTOCOL §2.3), so each
+    A validator picks the label uniformly first, then an image of that label (docs/protocol.md §2.3), so each
     stream of ``length`` answers is resampled with balanced labels from the given (often imbalanced)
     set. Without both classes it falls back to shuffles of the set as it is.
     """

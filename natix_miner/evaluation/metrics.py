@@ -1,4 +1,4 @@
-"""Binary metrics computed the way the NATIX validator reads answers (PROTOCOL §3.1).
+"""Binary metrics computed the way the NATIX validator reads answers (docs/protocol.md §3.1).
 
 Predictions are rounded with ``np.round`` (banker's rounding: 0.5 -> 0, i.e. "no roadwork"); MCC is
 clipped at 0 and is 0 unless both labels and rounded predictions contain two classes. AUC uses the raw

@@ -1,4 +1,4 @@
-"""The adapter contract every model family implements (DESIGN §2).
+"""The adapter contract every model family implements (docs/architecture.md §2).
 
 An adapter wraps one model. The engine calls, in this order: ``load(device)`` once,
 ``warmup()`` once, then ``predict(images, deadline=...)`` many times from worker threads (one call
@@ -129,7 +129,7 @@ class Adapter(ABC):
 
     @staticmethod
     def warmup_images() -> "list[Image.Image]":
-        """The two shapes validators send: a 224×224 augmented crop and a 1360×800 full frame (PROTOCOL §2.4, §10)."""
+        """The two shapes validators send: a 224×224 augmented crop and a 1360×800 full frame (docs/protocol.md §2.4, §10)."""
         from PIL import Image
 
         return [Image.new("RGB", (224, 224), (127, 127, 127)), Image.new("RGB", (1360, 800), (90, 90, 90))]

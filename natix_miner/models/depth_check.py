@@ -1,6 +1,6 @@
 """Detector + monocular depth plausibility check (Depth Anything V2 / DA3): a self-contained voter.
 
-DESIGN §2 calls depth a "modifier" that down-weights detections whose size is implausible. The engine
+docs/architecture.md §2 calls depth a "modifier" that down-weights detections whose size is implausible. The engine
 has no modifier concept (every model votes independently), so this adapter is a **composite voter**:
 it owns a detector sub-adapter (``options.detector``: a nested model spec ``{type, model, licence?,
 options?, batch_size?}`` built with :func:`natix_miner.models.registry.build_adapter`) and a depth

@@ -33,7 +33,7 @@ from natix_miner.neuron.chain import ChainSnapshot
 from natix_miner.neuron.config import MinerConfig
 from natix_miner.protocol import ExtendedImageSynapse, ImageSynapse
 
-# A validator waits 9 s (PROTOCOL §2.5); answer with this much left for the network and the axon.
+# A validator waits 9 s (docs/protocol.md §2.5); answer with this much left for the network and the axon.
 RESPONSE_MARGIN_S = 1.5
 # "no roadwork", never 0.5, only when nothing else can answer; finalize() is the engine's one rule for
 # safe wire values (finite, in [eps, 1 - eps], never exactly 0.5)

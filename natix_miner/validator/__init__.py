@@ -1,4 +1,4 @@
-"""A faithful local replica of the NATIX StreetVision validator (PROTOCOL §2, §3, §7, §10).
+"""A faithful local replica of the NATIX StreetVision validator (docs/protocol.md §2, §3, §7, §10).
 
 * :mod:`.augment` — the validator's image preparation (condition ``aug-2026-01``: levels 0–3 at
   224×224; condition ``fullres``) and its JPEG/base64 encoding;

@@ -1,4 +1,4 @@
-"""How a NATIX validator scores a miner (PROTOCOL §3), reproduced exactly.
+"""How a NATIX validator scores a miner (docs/protocol.md §3), reproduced exactly.
 
 * :class:`MinerPerformanceTracker`: per UID, ``deque(maxlen=100)`` of predictions and of labels plus
   the hotkey last seen. ``update`` resets both deques when the UID is new or its hotkey changed,
@@ -107,7 +107,7 @@ def _metrics(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray) -> dict[
 
 
 def reward(prediction: float, label: int, uid: int, hotkey: str, tracker: MinerPerformanceTracker) -> float:
-    """One response's reward, updating ``tracker`` as the validator does (PROTOCOL §3.2)."""
+    """One response's reward, updating ``tracker`` as the validator does (docs/protocol.md §3.2)."""
     try:
         tracked = tracker.miner_hotkeys
         if uid in tracked and tracked[uid] != hotkey:
@@ -130,7 +130,7 @@ def get_rewards(label: int, predictions: Sequence[float], uids: Sequence[int], h
 
 
 class ScoreVector:
-    """The validator's moving-average score vector (PROTOCOL §3.4)."""
+    """The validator's moving-average score vector (docs/protocol.md §3.4)."""
 
     def __init__(self, n: int = 1, alpha: float = MOVING_AVERAGE_ALPHA):
         self.alpha = alpha
