@@ -1,4 +1,4 @@
-"""Placement planner: which model goes on which device, decided before anything loads (DESIGN §5).
+"""Placement planner: which model goes on which device, decided before anything loads (docs/architecture.md §5).
 
 :func:`plan_placement` takes ``(spec, memory_mb)`` pairs and the devices with their total memory
 in MB, and packs the models with ``headroom`` (default 10 %) kept free on every device:
@@ -263,3 +263,45 @@ def detect_devices(*, cuda: bool = True) -> dict[str, float]:
                 out.clear()
     out["cpu"] = _cpu_ram_mb()
     return out
+
+
+class DeviceError(RuntimeError):
+    """A requested device is not available (the engine reports it as an ``EngineError``)."""
+
+
+def resolve_capacities(devices: list[str] | None = None,
+                       device_memory_mb: dict[str, float] | None = None) -> dict[str, float]:
+    """Device → total MB for the devices the engine may use.
+
+    ``devices``: names to use (``cpu``, ``cuda``, ``cuda:N``, ``auto``; None or ``auto`` = every
+    detected device). The CPU is always included, for models pinned to it. ``device_memory_mb``
+    overrides detection (tests, dry runs): it is filtered by ``devices`` and gets a ``cpu`` entry
+    from the machine's RAM when it has none. A requested device that is not there raises
+    :class:`DeviceError`.
+    """
+    if device_memory_mb is not None:
+        caps = dict(device_memory_mb)
+        if devices:
+            keep = {"cpu"} | {d for d in devices if d != "cuda"}
+            if "cuda" in devices:
+                keep |= {d for d in caps if d.startswith("cuda:")}
+            caps = {d: v for d, v in caps.items() if d in keep}
+        caps.setdefault("cpu", detect_devices(cuda=False)["cpu"])
+        return caps
+    if not devices or "auto" in devices:
+        return detect_devices(cuda=True)
+    want_cuda = any(d.startswith("cuda") for d in devices)
+    det = detect_devices(cuda=want_cuda)
+    caps = {"cpu": det["cpu"]}
+    for d in devices:
+        if d == "cpu":
+            continue
+        if d == "cuda":
+            caps.update({k: v for k, v in det.items() if k.startswith("cuda:")})
+            if len(caps) == 1:
+                raise DeviceError("device 'cuda' requested but no CUDA GPU is visible")
+        elif d in det:
+            caps[d] = det[d]
+        else:
+            raise DeviceError(f"device {d!r} requested but not available; detected: {', '.join(det)}")
+    return caps

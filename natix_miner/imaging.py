@@ -1,7 +1,7 @@
 """Safe, bounded decoding of a validator's ``ImageSynapse.image`` into an RGB PIL image.
 
-Validators send base64 (standard alphabet, padded) of a JPEG file (PROTOCOL §1). Since 2026-05 the images
-arrive at full resolution, in any size, aspect ratio and colour mode (PROTOCOL §10), so the decoder accepts
+Validators send base64 (standard alphabet, padded) of a JPEG file (docs/protocol.md §1). Since 2026-05 the images
+arrive at full resolution, in any size, aspect ratio and colour mode (docs/protocol.md §10), so the decoder accepts
 anything Pillow opens and turns it into an 8-bit RGB image, while refusing input that would cost unbounded
 memory or time. Every failure is an :class:`ImageDecodeError` with a short machine ``reason``; no other
 exception escapes :func:`decode_b64_image` (except ``BaseException``s such as ``KeyboardInterrupt``).

@@ -5,21 +5,28 @@ calibration. Every validation error names the file, the key and what to do about
 
     configs/h100x1.yaml: tiers[1].models[0].weight: must be a number >= 0, got 'high'
 
-Only PyYAML is imported here; the model registry is consulted lazily to check ``type:`` names.
+Only PyYAML is imported here. This module sits below the models (docs/architecture.md, "Layers"):
+it does not import the model registry. ``type:`` names are checked where adapters are built (the
+engine's loader), or here when the caller hands in the known names (``known_types=``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from dataclasses import dataclass, field, fields
+import warnings
+from dataclasses import field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Iterable, Literal, Mapping
+
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass as _pydantic_dataclass
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
 DEFAULT_PROFILE = REPO_ROOT / "configs" / "lite-cpu.yaml"
 
-# The validator's dendrite timeout is 9 s (PROTOCOL §2.5): a deadline must leave room for the
+# The validator's dendrite timeout is 9 s (docs/protocol.md §2.5): a deadline must leave room for the
 # network and the axon's own overhead.
 MAX_DEADLINE_S = 8.5
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -29,67 +36,89 @@ class ProfileError(ValueError):
     """A profile file is invalid. The message says where and how to fix it."""
 
 
-@dataclass
-class ModelSpec:
+#: Profile records are pydantic dataclasses: validated when built, frozen (a loaded profile is never
+#: edited; an override is a validated copy, see :meth:`Profile.replace`), unknown fields refused.
+_CONFIG = ConfigDict(extra="forbid", arbitrary_types_allowed=False)
+
+
+def _frozen(cls: type) -> type:
+    return _pydantic_dataclass(frozen=True, config=_CONFIG)(cls)
+
+
+class _Replace:
+    def replace(self, **changes: Any) -> Any:
+        """A validated copy with ``changes``; a mapping given for a nested record updates that record
+        (``profile.replace(cache={"enabled": False})``)."""
+        for k, v in list(changes.items()):
+            cur = getattr(self, k, None)
+            if isinstance(v, Mapping) and dataclasses.is_dataclass(cur):
+                changes[k] = dataclasses.replace(cur, **v)
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+@_frozen
+class ModelSpec(_Replace):
     name: str
     type: str
     licence: str
     model: str | None = None  # hub id or local path; None where the adapter needs none
-    weight: float = 1.0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N (a pin honoured by the planner)
-    memory_mb: float = 0.0  # estimate, replaced by the measured value after load
-    batch_size: int = 8
-    timeout_s: float | None = None  # per-call budget; None = whatever the deadline leaves
+    weight: float = Field(1.0, ge=0.0)
+    device: str = Field("auto", pattern=_DEVICE_RE.pattern)  # auto | cpu | cuda | cuda:N (a pin for the planner)
+    memory_mb: float = Field(0.0, ge=0.0)  # estimate, replaced by the measured value after load
+    batch_size: int = Field(8, ge=1)
+    timeout_s: float | None = Field(None, gt=0.0)  # per-call budget; None = whatever the deadline leaves
     enabled: bool = True
     disabled_reason: str | None = None
     noncommercial: bool = False  # loads only with the explicit opt-in
     gated: bool = False  # gated on the hub (licence acceptance): also needs the opt-in
-    options: dict[str, Any] = field(default_factory=dict)  # backend options, adapter-specific
+    breaker_failures: int | None = Field(None, ge=1)  # consecutive failures that open the breaker (None: 3)
+    breaker_cooldown_s: float | None = Field(None, ge=0.0)  # seconds the breaker stays open (None: 30)
+    options: dict[str, Any] = field(default_factory=dict)  # the family's options (see its module)
 
     @property
     def restricted(self) -> bool:
         return self.noncommercial or self.gated
 
 
-@dataclass
-class TierSpec:
+@_frozen
+class TierSpec(_Replace):
     name: str
-    exit_threshold: float
+    exit_threshold: Annotated[float, Field(ge=0.5, le=1.0)]
     models: list[ModelSpec]
     enabled: bool = True
 
 
-@dataclass
-class ConsensusSpec:
-    method: str = "geometric"  # geometric | design_legacy (documented as wrong, DESIGN §4)
+@_frozen
+class ConsensusSpec(_Replace):
+    method: Literal["geometric", "design_legacy"] = "geometric"  # geometric | design_legacy (documented as wrong, docs/architecture.md §4)
     bias: float = 0.0  # added to the pooled log-odds
 
 
-@dataclass
-class CalibrationSpec:
-    threshold: float = 0.5  # decision threshold on the pooled probability; remapped to 0.5
-    temperature: float = 1.0  # log-odds are divided by it after the shift
-    epsilon: float = 1e-3  # outputs are clamped to [epsilon, 1 - epsilon]
+@_frozen
+class CalibrationSpec(_Replace):
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)  # decision threshold on the pooled probability; remapped to 0.5
+    temperature: float = Field(1.0, gt=0.0)  # log-odds are divided by it after the shift
+    epsilon: float = Field(1e-3, gt=0.0, le=0.49)  # outputs are clamped to [epsilon, 1 - epsilon]
 
 
-@dataclass
-class BatchingSpec:
-    max_batch: int = 16
-    max_wait_ms: float = 4.0
+@_frozen
+class BatchingSpec(_Replace):
+    max_batch: int = Field(16, ge=1)
+    max_wait_ms: float = Field(4.0, ge=0.0)
 
 
-@dataclass
-class CacheSpec:
+@_frozen
+class CacheSpec(_Replace):
     enabled: bool = True
-    size: int = 4096
+    size: int = Field(4096, ge=0)
 
 
-@dataclass
-class Profile:
+@_frozen
+class Profile(_Replace):
     name: str
     tiers: list[TierSpec]
     description: str = ""
-    deadline_s: float = 6.0
+    deadline_s: float = Field(6.0, gt=0.0, le=MAX_DEADLINE_S)
     consensus: ConsensusSpec = field(default_factory=ConsensusSpec)
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     batching: BatchingSpec = field(default_factory=BatchingSpec)
@@ -189,7 +218,7 @@ def _section(ctx: _Ctx, key: str, data: Any, cls: type, checks: dict[str, Any]) 
     kwargs = {}
     for k, v in data.items():
         kwargs[k] = checks[k](f"{key}.{k}", v) if k in checks else v
-    return cls(**kwargs)
+    return _build(ctx, key, cls, kwargs)
 
 
 def _parse_model(ctx: _Ctx, key: str, data: Any, known_types: set[str] | None) -> ModelSpec:
@@ -200,53 +229,88 @@ def _parse_model(ctx: _Ctx, key: str, data: Any, known_types: set[str] | None) -
         if req not in data:
             hint = " (record the model's licence, e.g. 'Apache-2.0')" if req == "licence" else ""
             raise ctx.fail(f"{key}.{req}", f"missing required key{hint}")
-    spec = ModelSpec(
-        name=_str(ctx, f"{key}.name", data["name"]),
-        type=_str(ctx, f"{key}.type", data["type"]),
-        licence=_str(ctx, f"{key}.licence", data["licence"]),
-    )
-    if known_types is not None and spec.type not in known_types:
-        raise ctx.fail(f"{key}.type", f"unknown model type {spec.type!r}; known types: "
+    kw: dict[str, Any] = {
+        "name": _str(ctx, f"{key}.name", data["name"]),
+        "type": _str(ctx, f"{key}.type", data["type"]),
+        "licence": _str(ctx, f"{key}.licence", data["licence"]),
+    }
+    if known_types is not None and kw["type"] not in known_types:
+        raise ctx.fail(f"{key}.type", f"unknown model type {kw['type']!r}; known types: "
                                       f"{', '.join(sorted(known_types))}")
     if data.get("model") is not None:
-        spec.model = _str(ctx, f"{key}.model", data["model"])
+        kw["model"] = _str(ctx, f"{key}.model", data["model"])
     if "weight" in data:
-        spec.weight = _num(ctx, f"{key}.weight", data["weight"], lo=0.0)
+        kw["weight"] = _num(ctx, f"{key}.weight", data["weight"], lo=0.0)
     if "device" in data:
         dev = _str(ctx, f"{key}.device", data["device"])
         if not _DEVICE_RE.match(dev):
             raise ctx.fail(f"{key}.device", f"must be auto, cpu, cuda or cuda:N, got {dev!r}")
-        spec.device = dev
+        kw["device"] = dev
     if "memory_mb" in data:
-        spec.memory_mb = _num(ctx, f"{key}.memory_mb", data["memory_mb"], lo=0.0)
+        kw["memory_mb"] = _num(ctx, f"{key}.memory_mb", data["memory_mb"], lo=0.0)
     if "batch_size" in data:
-        spec.batch_size = _int(ctx, f"{key}.batch_size", data["batch_size"])
+        kw["batch_size"] = _int(ctx, f"{key}.batch_size", data["batch_size"])
     if data.get("timeout_s") is not None:
-        spec.timeout_s = _num(ctx, f"{key}.timeout_s", data["timeout_s"], lo=0.0, lo_open=True)
+        kw["timeout_s"] = _num(ctx, f"{key}.timeout_s", data["timeout_s"], lo=0.0, lo_open=True)
     for b in ("enabled", "noncommercial", "gated"):
         if b in data:
-            setattr(spec, b, _bool(ctx, f"{key}.{b}", data[b]))
+            kw[b] = _bool(ctx, f"{key}.{b}", data[b])
     if data.get("disabled_reason") is not None:
-        spec.disabled_reason = _str(ctx, f"{key}.disabled_reason", data["disabled_reason"])
-    if not spec.enabled and not spec.disabled_reason:
+        kw["disabled_reason"] = _str(ctx, f"{key}.disabled_reason", data["disabled_reason"])
+    if not kw.get("enabled", True) and not kw.get("disabled_reason"):
         raise ctx.fail(f"{key}.disabled_reason", "a disabled model must say why (disabled_reason: ...)")
+    if data.get("breaker_failures") is not None:
+        kw["breaker_failures"] = _int(ctx, f"{key}.breaker_failures", data["breaker_failures"])
+    if data.get("breaker_cooldown_s") is not None:
+        kw["breaker_cooldown_s"] = _num(ctx, f"{key}.breaker_cooldown_s", data["breaker_cooldown_s"], lo=0.0)
     if "options" in data:
         if not isinstance(data["options"], dict):
             raise ctx.fail(f"{key}.options", f"must be a mapping, got {data['options']!r}")
-        spec.options = dict(data["options"])
-    return spec
+        kw["options"] = _lift_deprecated_breaker_options(ctx, key, dict(data["options"]), kw)
+    return _build(ctx, key, ModelSpec, kw)
 
 
-def _known_types() -> set[str] | None:
+def _build(ctx: _Ctx, key: str, cls: type, kwargs: dict[str, Any]) -> Any:
+    """``cls(**kwargs)``; a pydantic error (a bound the checks above missed) names the file and key."""
+    from pydantic import ValidationError
+
     try:
-        from natix_miner.models.registry import known_types
-    except ImportError:  # registry not importable: skip the check rather than fail the load
-        return None
-    return set(known_types())
+        return cls(**kwargs)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        raise ctx.fail(f"{key}.{loc}" if key and loc else (loc or key), err.get("msg", str(e))) from None
 
 
-def parse_profile(data: Any, source: str = "<memory>", *, check_types: bool = True) -> Profile:
-    """Validate a profile mapping (as loaded from YAML) and return a :class:`Profile`."""
+_DEPRECATED_BREAKER_OPTIONS = ("breaker_failures", "breaker_cooldown_s")
+
+
+def _lift_deprecated_breaker_options(ctx: _Ctx, key: str, options: dict[str, Any],
+                                     kw: dict[str, Any]) -> dict[str, Any]:
+    """``options.breaker_failures`` / ``options.breaker_cooldown_s`` (the old place) become the spec
+    fields, with a deprecation warning; the spec field wins when both are set. Returns the options
+    without them."""
+    for k in _DEPRECATED_BREAKER_OPTIONS:
+        if k not in options:
+            continue
+        value = options.pop(k)
+        warnings.warn(f"{ctx.source}: {key}.options.{k} is deprecated; move it up to {key}.{k}",
+                      FutureWarning, stacklevel=5)
+        if kw.get(k) is None:
+            if k == "breaker_failures":
+                kw[k] = _int(ctx, f"{key}.options.{k}", value)
+            else:
+                kw[k] = _num(ctx, f"{key}.options.{k}", value, lo=0.0)
+    return options
+
+
+def parse_profile(data: Any, source: str = "<memory>", *, check_types: bool = True,
+                  known_types: Iterable[str] | None = None) -> Profile:
+    """Validate a profile mapping (as loaded from YAML) and return a :class:`Profile`.
+
+    ``known_types``: the model ``type:`` names to accept (e.g. ``natix_miner.models.registry.known_types()``);
+    None leaves the check to the engine's loader, which refuses unknown types before anything loads.
+    """
     ctx = _Ctx(source)
     if not isinstance(data, dict):
         raise ProfileError(f"{source}: the file must hold a mapping with 'name' and 'tiers'")
@@ -255,7 +319,7 @@ def parse_profile(data: Any, source: str = "<memory>", *, check_types: bool = Tr
         raise ctx.fail("name", "missing required key (a short name for logs, e.g. lite-cpu)")
     if "tiers" not in data or not isinstance(data["tiers"], list) or not data["tiers"]:
         raise ctx.fail("tiers", "must be a non-empty list of tiers, each with name, exit_threshold and models")
-    known = _known_types() if check_types else None
+    known = set(known_types) if (check_types and known_types is not None) else None
 
     tiers: list[TierSpec] = []
     seen_models: set[str] = set()
@@ -283,34 +347,36 @@ def parse_profile(data: Any, source: str = "<memory>", *, check_types: bool = Tr
             seen_models.add(spec.name)
             models.append(spec)
         enabled = _bool(ctx, f"{key}.enabled", t["enabled"]) if "enabled" in t else True
-        tiers.append(TierSpec(name=name, exit_threshold=thr, models=models, enabled=enabled))
+        tiers.append(_build(ctx, key, TierSpec, {"name": name, "exit_threshold": thr, "models": models,
+                                                 "enabled": enabled}))
 
-    prof = Profile(name=_str(ctx, "name", data["name"]), tiers=tiers, source=source)
+    kw: dict[str, Any] = {"name": _str(ctx, "name", data["name"]), "tiers": tiers, "source": source}
     if "description" in data:
-        prof.description = _str(ctx, "description", data["description"], allow_empty=True)
+        kw["description"] = _str(ctx, "description", data["description"], allow_empty=True)
     if "deadline_s" in data:
-        prof.deadline_s = _num(ctx, "deadline_s", data["deadline_s"], lo=0.0, hi=MAX_DEADLINE_S, lo_open=True)
-    prof.consensus = _section(ctx, "consensus", data.get("consensus"), ConsensusSpec, {
+        kw["deadline_s"] = _num(ctx, "deadline_s", data["deadline_s"], lo=0.0, hi=MAX_DEADLINE_S, lo_open=True)
+    kw["consensus"] = _section(ctx, "consensus", data.get("consensus"), ConsensusSpec, {
         "method": lambda k, v: _choice(ctx, k, v, ("geometric", "design_legacy")),
         "bias": lambda k, v: _num(ctx, k, v),
     })
-    prof.calibration = _section(ctx, "calibration", data.get("calibration"), CalibrationSpec, {
+    kw["calibration"] = _section(ctx, "calibration", data.get("calibration"), CalibrationSpec, {
         "threshold": lambda k, v: _num(ctx, k, v, lo=0.0, hi=1.0, lo_open=True, hi_open=True),
         "temperature": lambda k, v: _num(ctx, k, v, lo=0.0, lo_open=True),
         "epsilon": lambda k, v: _num(ctx, k, v, lo=0.0, hi=0.49, lo_open=True),
     })
-    prof.batching = _section(ctx, "batching", data.get("batching"), BatchingSpec, {
+    kw["batching"] = _section(ctx, "batching", data.get("batching"), BatchingSpec, {
         "max_batch": lambda k, v: _int(ctx, k, v),
         "max_wait_ms": lambda k, v: _num(ctx, k, v, lo=0.0),
     })
-    prof.cache = _section(ctx, "cache", data.get("cache"), CacheSpec, {
+    kw["cache"] = _section(ctx, "cache", data.get("cache"), CacheSpec, {
         "enabled": lambda k, v: _bool(ctx, k, v),
         "size": lambda k, v: _int(ctx, k, v, lo=0),
     })
     if data.get("serve") is not None:
         if not isinstance(data["serve"], dict):
             raise ctx.fail("serve", f"must be a mapping, got {type(data['serve']).__name__}")
-        prof.serve = dict(data["serve"])
+        kw["serve"] = dict(data["serve"])
+    prof = _build(ctx, "", Profile, kw)
     if not prof.models():
         raise ctx.fail("tiers", "no enabled model in any enabled tier: the miner would have nothing to run")
     return prof
@@ -322,7 +388,8 @@ def _choice(ctx: _Ctx, key: str, value: Any, choices: tuple[str, ...]) -> str:
     return value
 
 
-def load_profile(path: str | Path | None = None, *, check_types: bool = True) -> Profile:
+def load_profile(path: str | Path | None = None, *, check_types: bool = True,
+                 known_types: Iterable[str] | None = None) -> Profile:
     """Load and validate a profile YAML file (default: the embedded CPU profile)."""
     import yaml
 
@@ -337,4 +404,4 @@ def load_profile(path: str | Path | None = None, *, check_types: bool = True) ->
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise ProfileError(f"{p}: not valid YAML: {e}") from e
-    return parse_profile(data, str(p), check_types=check_types)
+    return parse_profile(data, str(p), check_types=check_types, known_types=known_types)

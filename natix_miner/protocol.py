@@ -1,4 +1,4 @@
-"""``ImageSynapse``: the NATIX StreetVision wire type (PROTOCOL §1).
+"""``ImageSynapse``: the NATIX StreetVision wire type (docs/protocol.md §1).
 
 The bittensor axon routes by class name, so the class must be named exactly ``ImageSynapse``
 (requests arrive at ``POST /ImageSynapse``). The three upstream fields keep their names, types
@@ -6,7 +6,7 @@ and defaults. Our extra response fields are optional with ``None`` defaults: val
 bittensor 9.12.x build their own ``ImageSynapse(**json)`` and ignore them (pydantic
 ``extra="ignore"``).
 
-``Synapse.to_headers`` rebuilds the pydantic JSON schema on every call (PROTOCOL §11: 65–100 ms
+``Synapse.to_headers`` rebuilds the pydantic JSON schema on every call (docs/protocol.md §11: 65–100 ms
 per round trip on 9.12.2); :meth:`ImageSynapse.get_required_fields` caches it per class.
 
 This module imports bittensor (it must: the synapse subclasses ``bt.Synapse``); import it only
@@ -69,6 +69,6 @@ class ImageSynapse(_CachedSchemaSynapse):
 
 
 class ExtendedImageSynapse(ImageSynapse):
-    """Laggard validators (code older than 2025-11-30) call ``/ExtendedImageSynapse`` (PROTOCOL §1)."""
+    """Laggard validators (code older than 2025-11-30) call ``/ExtendedImageSynapse`` (docs/protocol.md §1)."""
 
     model_url: str = ""

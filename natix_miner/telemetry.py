@@ -15,7 +15,7 @@ windows) and, when enabled, sends them to a wandb run. ``wandb`` is imported laz
 (import, ``init``, ``log``, ``finish``) logs one warning and switches wandb off for the rest of the process,
 while the in-memory statistics keep working. It never raises into the caller.
 
-Scoring windows, computed as ``natix/validator/miner_performance_tracker.py`` does (PROTOCOL §3.1): the last
+Scoring windows, computed as ``natix/validator/miner_performance_tracker.py`` does (docs/protocol.md §3.1): the last
 100 labelled answers for MCC and the last 10 for accuracy, predictions equal to exactly ``-1`` dropped,
 ``np.round`` (so 0.5 → class 0), MCC = ``max(0, matthews_corrcoef)`` and 0 unless both the labels and the
 rounded predictions contain two distinct values, every metric 0 if a rounded prediction falls outside {0, 1}
@@ -30,7 +30,6 @@ files only (``wandb sync`` uploads them later); ``online`` without an API key fa
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import threading
@@ -38,6 +37,8 @@ from collections import Counter, deque
 from typing import Any
 
 from loguru import logger
+
+from natix_miner import scoring
 
 __all__ = ["Telemetry", "setup_logging", "validator_metrics", "binary_mcc"]
 
@@ -69,22 +70,8 @@ def setup_logging(level: str = "INFO", log_dir: str | None = None, rotation: str
 
 # ---------------------------------------------------------------------------------------------- scoring maths
 def binary_mcc(labels: list[int], preds: list[int]) -> float:
-    """Matthews correlation of two 0/1 sequences (sklearn's value for the binary case; 0 when undefined)."""
-    tp = fp = tn = fn = 0
-    for y, p in zip(labels, preds):
-        if p == 1:
-            if y == 1:
-                tp += 1
-            else:
-                fp += 1
-        elif y == 0:
-            tn += 1
-        else:
-            fn += 1
-    denom = (tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)
-    if denom == 0:
-        return 0.0
-    return (tp * tn - fp * fn) / math.sqrt(denom)
+    """Matthews correlation of two 0/1 sequences (sklearn's, via :func:`natix_miner.scoring.mcc`; 0 when undefined)."""
+    return scoring.mcc(labels, preds)
 
 
 def validator_metrics(predictions: list[float], labels: list[int]) -> dict[str, float]:
@@ -102,10 +89,7 @@ def validator_metrics(predictions: list[float], labels: list[int]) -> dict[str, 
         return {**zero, "n": len(pairs)}  # sklearn would see a multiclass task and the tracker returns zeros
     preds = [int(r) for r in rounded]
     accuracy = sum(int(p == y) for p, y in zip(preds, ys)) / len(ys)
-    mcc = 0.0
-    if len(set(ys)) > 1 and len(set(preds)) > 1:
-        mcc = max(0.0, binary_mcc(ys, preds))
-    return {"accuracy": accuracy, "mcc": mcc, "n": len(pairs)}
+    return {"accuracy": accuracy, "mcc": scoring.validator_mcc(ys, preds), "n": len(pairs)}
 
 
 # ---------------------------------------------------------------------------------------------- telemetry
@@ -258,7 +242,7 @@ class Telemetry:
         m100 = validator_metrics([p for p, _ in scored], [y for _, y in scored])
         last = scored[-self.ACC_WINDOW:]
         m10 = validator_metrics([p for p, _ in last], [y for _, y in last])
-        reward = (0.5 * m100["mcc"] + 0.5 * m10["accuracy"]) ** 3 if scored else 0.0
+        reward = scoring.reward_value(m100["mcc"], m10["accuracy"]) if scored else 0.0
         return {"mcc_100": m100["mcc"], "accuracy_10": m10["accuracy"], "reward_estimate": reward,
                 "n_labelled": float(len(scored))}
 

@@ -11,7 +11,6 @@ latency before and after on the held-out part. The fitted profile is written to 
 """
 
 import argparse
-import copy
 import json
 import os
 import sys
@@ -25,11 +24,9 @@ def collect_samples(profile, images: str, condition: str, seed: int, limit_per_c
     from natix_miner.evaluation.calibration import Sample
     from natix_miner.evaluation.evaluate import run_evaluation
 
-    forced = copy.deepcopy(profile)
-    for t in forced.tiers:
-        t.exit_threshold = 1.0  # never exit early: record every model
-    forced.deadline_s = 8.5
-    forced.cache.enabled = False
+    # profiles are frozen: a validated copy that never exits early (records every model), no cache
+    forced = profile.replace(tiers=[t.replace(exit_threshold=1.0) for t in profile.tiers], deadline_s=8.5,
+                             cache={"enabled": False})
     records: list = []
     run_evaluation(images, forced, condition=condition, seed=seed, limit_per_class=limit_per_class,
                    allow_restricted=allow_restricted, devices=devices, records_out=records)

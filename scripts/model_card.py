@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Write and validate model_card.json (PROTOCOL §4.9); optionally push the folder to Hugging Face.
+"""Write and validate model_card.json (docs/protocol.md §4.9); optionally push the folder to Hugging Face.
 
     .venv/bin/python scripts/model_card.py --model-dir hf_model --name my-roadwork --version 1.0.0 \\
         --wallet.name miner --wallet.hotkey default --description "..." [--push user/roadwork]

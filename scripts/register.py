@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Register this miner with the NATIX application server (PROTOCOL §4.8; ``register.sh`` in Python).
+"""Register this miner with the NATIX application server (docs/protocol.md §4.8; ``register.sh`` in Python).
 
     .venv/bin/python scripts/register.py --uid 17 --wallet.name miner --wallet.hotkey default \\
         --model-repo user/roadwork            # add --dry-run to print the signed request only

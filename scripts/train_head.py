@@ -32,7 +32,7 @@ package: data, groups, splits, threshold and nested CV are the package's (:mod:`
    (:func:`natix_miner.training.splits.grouped_split`).
 4. **Views and features (cached).** Every image gives a ``full`` view (the image as sent at full
    resolution, validators' 2026-05 condition) and validator-like 224×224 crops made by the project's port
-   of the validator augmentation (:mod:`natix_miner.validator.augment`, PROTOCOL §2.4: level 0-3, rotation
+   of the validator augmentation (:mod:`natix_miner.validator.augment`, docs/protocol.md §2.4: level 0-3, rotation
    ±20° NEAREST with black corners, square random-resized crop of 20-100 % area, CS/CC/"JPEG"/noise/blur
    distortions) plus the validator's JPEG q75 encoding; training crops are also flipped at random, which
    the validator does not do. ``--train-crops`` per development image, ``--eval-crops`` per held-out

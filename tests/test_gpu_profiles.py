@@ -15,7 +15,7 @@ FULL = REPO_ROOT / "configs" / "h100x2-full.yaml"
 SINGLE = REPO_ROOT / "configs" / "h100x1.yaml"
 THRESHOLDS = [0.95, 0.90, 0.85, 0.75, 0.65, 0.50]
 
-# DESIGN §3: (number, design name, profile entry name, the real id / file it must use)
+# docs/architecture.md §3: (number, design name, profile entry name, the real id / file it must use)
 DESIGN_26 = [
     (1, "YOLO-Master ES-MoE", "yolo-master-esmoe", "yolo-master"),
     (2, "YOLO26-X", "yolo26-x", "yoloe-26x-seg.pt"),
@@ -44,7 +44,7 @@ DESIGN_26 = [
     (25, "LLaVA-OneVision-7B", "llava-onevision-7b", "llava-hf/llava-onevision-qwen2-7b-ov-hf"),
     (26, "Video-LLaVA-7B", "video-llava-7b", "LanguageBind/Video-LLaVA-7B-hf"),
 ]
-# licences that need the explicit opt-in (DESIGN §3): gated on the hub or non-commercial
+# licences that need the explicit opt-in (docs/architecture.md §3): gated on the hub or non-commercial
 GATED = {"sam3", "dinov3-probe", "paligemma2-3b"}
 NONCOMMERCIAL = {"cotracker3"}
 NOT_APPLICABLE = {"cotracker3", "yolo-master-esmoe"}

@@ -37,8 +37,10 @@ def test_minimal_profile_defaults():
     (("calibration",), {"threshold": 1.0}, "calibration.threshold: must be < 1.0"),
 ])
 def test_errors_name_file_key_and_fix(path, value, needle):
+    from natix_miner.models.registry import known_types
+
     with pytest.raises(ProfileError) as ei:
-        parse_profile(_with(path, value), "configs/x.yaml")
+        parse_profile(_with(path, value), "configs/x.yaml", known_types=known_types())
     msg = str(ei.value)
     assert msg.startswith("configs/x.yaml: ")
     assert needle in msg
@@ -75,5 +77,7 @@ def test_shipped_profiles_load():
 
     files = sorted(Path(REPO_ROOT / "configs").glob("*.yaml"))
     assert files, "no profiles shipped"
+    from natix_miner.models.registry import known_types
+
     for f in files:
-        load_profile(f, check_types=True)
+        load_profile(f, check_types=True, known_types=known_types())

@@ -15,7 +15,7 @@ from natix_miner.telemetry import Telemetry, binary_mcc, setup_logging, validato
 
 # ------------------------------------------------------------------------------------------- reference
 def _tracker_reference(probs: list[float], labels: list[int], window: int) -> dict[str, float]:
-    """A port of natix/validator/miner_performance_tracker.py get_metrics (PROTOCOL §3.1), with sklearn."""
+    """A port of natix/validator/miner_performance_tracker.py get_metrics (docs/protocol.md §3.1), with sklearn."""
     from sklearn.metrics import accuracy_score, matthews_corrcoef, precision_score
 
     n = min(window, len(probs))

@@ -1,4 +1,4 @@
-"""Wire compatibility with the validators' bittensor 9.12.2 (PROTOCOL §11).
+"""Wire compatibility with the validators' bittensor 9.12.2 (docs/protocol.md §11).
 
 A separate virtual environment (.venv-wire, built by scripts/wire/make_venv.sh with
 bittensor==9.12.2, async-substrate-interface<2, no torch) runs scripts/wire/client.py, which

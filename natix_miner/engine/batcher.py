@@ -7,9 +7,15 @@ engine's ``process(batch)``:
 1. take the first waiting request;
 2. wait for a free flush thread (at most ``workers`` batches run at once: while they are busy,
    new requests pile up and are then taken together — dynamic batching under load);
-3. add requests until ``max_batch`` or until ``max_wait_ms`` after the *first* request arrived
-   (never longer than a quarter of that request's remaining deadline);
+3. if no batch is running (the models are idle), dispatch at once with whatever is already
+   queued (up to ``max_batch``): a lone request does not pay ``max_wait_ms``. Only while another
+   batch is running — when a new batch would wait for the models anyway — gather: add requests
+   until ``max_batch`` or until ``max_wait_ms`` after the *first* request arrived (never longer
+   than a quarter of that request's remaining deadline);
 4. submit the batch to a flush thread.
+
+The batcher records, per batch, how long it waited for company (``stats()``: ``gathered``,
+``immediate``, ``last_wait_ms``, ``max_wait_seen_ms``).
 
 ``max_batch = 1`` disables batching (each request is flushed alone, still off the event loop).
 
@@ -94,10 +100,13 @@ class MicroBatcher:
                  max_wait_ms: float = 4.0, workers: int = 2,
                  on_error: Callable[[list[Pending], BaseException], None] | None = None,
                  name: str = "batcher"):
+        if int(max_batch) < 1 or float(max_wait_ms) < 0 or int(workers) < 1:
+            raise ValueError(f"{name}: max_batch and workers must be >= 1 and max_wait_ms >= 0, got "
+                             f"max_batch={max_batch}, max_wait_ms={max_wait_ms}, workers={workers}")
         self.process = process
-        self.max_batch = max(1, int(max_batch))
-        self.max_wait_s = max(0.0, float(max_wait_ms)) / 1000.0
-        self.workers = max(1, int(workers))
+        self.max_batch = int(max_batch)
+        self.max_wait_s = float(max_wait_ms) / 1000.0
+        self.workers = int(workers)
         self.on_error = on_error
         self.name = name
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -107,9 +116,14 @@ class MicroBatcher:
         self._inflight: dict[Future, list[Pending]] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._running = 0  # batches handed to a flush thread and not finished
         self.batches = 0
         self.items = 0
         self.max_seen = 0
+        self.gathered = 0  # batches that waited for company (another batch was running)
+        self.immediate = 0  # batches dispatched at once (models idle)
+        self.last_wait_s = 0.0  # how long the last batch waited for company
+        self.max_wait_seen_s = 0.0
 
     # ------------------------------------------------------------------------------ lifecycle
     def start(self) -> "MicroBatcher":
@@ -168,6 +182,10 @@ class MicroBatcher:
             "max_batch": self.max_batch,
             "max_wait_ms": self.max_wait_s * 1000.0,
             "workers": self.workers,
+            "gathered": self.gathered,
+            "immediate": self.immediate,
+            "last_wait_ms": self.last_wait_s * 1000.0,
+            "max_wait_seen_ms": self.max_wait_seen_s * 1000.0,
         }
 
     # ------------------------------------------------------------------------------ internals
@@ -201,7 +219,13 @@ class MicroBatcher:
                 continue
             batch = [first]
             stop = False
-            wait_until = first.enqueued_at + min(self.max_wait_s, first.deadline.remaining() / 4.0)
+            with self._lock:
+                busy = self._running > 0
+            t_take = time.monotonic()
+            if busy:  # the models are working: gather while we would wait anyway
+                wait_until = first.enqueued_at + min(self.max_wait_s, first.deadline.remaining() / 4.0)
+            else:  # idle: take only what is already queued
+                wait_until = t_take
             while len(batch) < self.max_batch:
                 timeout = wait_until - time.monotonic()
                 try:
@@ -212,6 +236,13 @@ class MicroBatcher:
                     stop = True
                     break
                 batch.append(nxt)
+            waited = time.monotonic() - t_take
+            self.last_wait_s = waited
+            self.max_wait_seen_s = max(self.max_wait_seen_s, waited)
+            if busy:
+                self.gathered += 1
+            else:
+                self.immediate += 1
             self._dispatch(batch)
             if stop:
                 return
@@ -223,9 +254,12 @@ class MicroBatcher:
         assert self._pool is not None
         try:
             with self._lock:
+                self._running += 1
                 fut = self._pool.submit(self._flush, batch)
                 self._inflight[fut] = batch
         except RuntimeError as e:  # pool shut down
+            with self._lock:
+                self._running -= 1
             self._slots.release()
             self._fail(batch, e)
 
@@ -237,6 +271,8 @@ class MicroBatcher:
             self._fail(batch, e)
         finally:
             self._fail(batch, RuntimeError("request not answered by the flush"))
+            with self._lock:
+                self._running -= 1
             self._slots.release()
             with self._lock:
                 for f, b in list(self._inflight.items()):

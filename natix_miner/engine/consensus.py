@@ -1,6 +1,6 @@
 """Consensus (pooling of model votes), calibration remap and the final output guard.
 
-Pooling (DESIGN §4)
+Pooling (docs/architecture.md §4)
 -------------------
 :func:`pool_geometric` is a weighted geometric pool of probabilities::
 
@@ -29,7 +29,11 @@ from __future__ import annotations
 import math
 from typing import Iterable, Sequence
 
-P_CLIP = 1e-6
+from natix_miner.scoring import P_CLIP, logit, sigmoid
+
+__all__ = ["P_CLIP", "calibrate", "confidence", "finalize", "logit", "pool", "pool_design_legacy", "pool_geometric",
+           "sigmoid"]
+
 TIE_NUDGE = 1e-4
 NEUTRAL = 0.5
 
@@ -45,21 +49,6 @@ def _valid_p(p: object) -> float | None:
     if not math.isfinite(v):
         return None
     return v
-
-
-def logit(p: float) -> float:
-    """log(p / (1 − p)) with p clipped to [1e-6, 1 − 1e-6]."""
-    p = min(max(float(p), P_CLIP), 1.0 - P_CLIP)
-    return math.log(p / (1.0 - p))
-
-
-def sigmoid(x: float) -> float:
-    """Numerically stable logistic function."""
-    if x >= 0:
-        z = math.exp(-x)
-        return 1.0 / (1.0 + z)
-    z = math.exp(x)
-    return z / (1.0 + z)
 
 
 def _pairs(ps: Iterable[object], weights: Iterable[object]) -> list[tuple[float, float]]:

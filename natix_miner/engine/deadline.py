@@ -1,5 +1,6 @@
-"""Deadlines and per-model latency estimates (DESIGN §6).
+"""Deadlines and per-model latency estimates (docs/architecture.md §6).
 
+:class:`Deadline` lives in :mod:`natix_miner.types` (models read it too) and is re-exported here.
 A :class:`Deadline` is an absolute ``time.monotonic()`` instant, so it can be handed across
 threads and queues without drifting. The axon builds one at receipt (``Deadline(t0 + budget)``);
 the engine uses it to decide whether a tier still fits and how long to wait for a model.
@@ -15,59 +16,15 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections import deque
-from typing import Iterable
+
+from natix_miner.types import Deadline
+
+__all__ = ["DEFAULT_PRIOR_S", "Deadline", "LatencyTracker"]
 
 #: latency assumed for a model with no ``timeout_s`` and no measurement yet. Optimistic on
 #: purpose: an unmeasured model is tried, and a call never waits past the deadline anyway.
 DEFAULT_PRIOR_S = 0.05
-
-
-class Deadline:
-    """An absolute deadline on the ``time.monotonic()`` clock."""
-
-    __slots__ = ("at",)
-
-    def __init__(self, at: float):
-        self.at = float(at)
-
-    @classmethod
-    def after(cls, seconds: float | None) -> "Deadline":
-        """A deadline ``seconds`` from now (None = never)."""
-        if seconds is None:
-            return cls.never()
-        return cls(time.monotonic() + float(seconds))
-
-    @classmethod
-    def never(cls) -> "Deadline":
-        return cls(math.inf)
-
-    def remaining(self) -> float:
-        """Seconds left, >= 0 (``inf`` for a deadline that never expires)."""
-        return max(0.0, self.at - time.monotonic())
-
-    def expired(self) -> bool:
-        return time.monotonic() >= self.at
-
-    def child(self, budget_s: float | None = None, *, reserve_s: float = 0.0) -> "Deadline":
-        """A sub-deadline: at most ``budget_s`` from now, and ``reserve_s`` before this one."""
-        at = self.at - max(0.0, reserve_s)
-        if budget_s is not None:
-            at = min(at, time.monotonic() + max(0.0, budget_s))
-        return Deadline(at)
-
-    @staticmethod
-    def earliest(deadlines: Iterable["Deadline"]) -> "Deadline":
-        ds = list(deadlines)
-        return min(ds, key=lambda d: d.at) if ds else Deadline.never()
-
-    def __lt__(self, other: "Deadline") -> bool:
-        return self.at < other.at
-
-    def __repr__(self) -> str:
-        r = self.at - time.monotonic()
-        return f"Deadline(in {r:.3f} s)" if math.isfinite(r) else "Deadline(never)"
 
 
 def _quantile(sorted_xs: list[float], q: float) -> float:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from natix_miner.engine.consensus import calibrate as remap
-from natix_miner.engine.consensus import finalize, logit
+from natix_miner.engine.consensus import finalize, logit, pool_geometric
 
 
 @dataclass
@@ -54,7 +54,7 @@ class CascadeParams:
 def simulate_reward(labels, preds, window_mcc: int = 100, window_acc: int = 10) -> float:
     """Mean per-query reward the validator would give for answering ``preds`` in this order.
 
-    Same rules as PROTOCOL §3 (np.round, MCC clipped at 0 and 0 unless both classes appear in the
+    Same rules as docs/protocol.md §3 (np.round, MCC clipped at 0 and 0 unless both classes appear in the
     window's labels and predictions, reward = (0.5·MCC100 + 0.5·Acc10)^3; answers are all valid here).
     O(n) with cumulative sums.
     """
@@ -91,7 +91,7 @@ def simulate_reward(labels, preds, window_mcc: int = 100, window_acc: int = 10) 
 def expected_reward(labels, preds, repeats: int = 20, seed: int = 0, length: int = 300) -> float:
     """Mean :func:`simulate_reward` over streams drawn the way a validator draws challenges.
 
-    A validator picks the label uniformly first, then an image of that label (PROTOCOL §2.3), so each
+    A validator picks the label uniformly first, then an image of that label (docs/protocol.md §2.3), so each
     stream of ``length`` answers is resampled with balanced labels from the given (often imbalanced)
     set. Without both classes it falls back to shuffles of the set as it is.
     """
@@ -177,21 +177,18 @@ def simulate_cascade(samples: list[Sample], tiers: list[list[str]], params: Casc
     """Replay the cascade with ``params``; returns (predictions, latencies_ms, exit_tier_index)."""
     preds, lats, exits = [], [], []
     for s in samples:
-        z = params.bias
+        ps: list[float | None] = []
+        ws: list[float] = []
         lat = 0.0
-        have = False
         pred = finalize(None, params.epsilon)
         exit_i = len(tiers) - 1
         for ti, models in enumerate(tiers):
             lat += max([s.latencies.get(m, 0.0) for m in models] or [0.0])  # models of a tier run in parallel
             for m in models:
-                p = s.votes.get(m)
-                w = params.weights.get(m, 0.0)
-                if p is not None and math.isfinite(p) and w > 0:
-                    z += w * logit(min(max(p, 1e-6), 1 - 1e-6))
-                    have = True
-            if have:
-                pooled = 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+                ps.append(s.votes.get(m))
+                ws.append(params.weights.get(m, 0.0))
+            pooled = pool_geometric(ps, ws, params.bias)  # the engine's pooling (missing/NaN votes skipped)
+            if pooled is not None:
                 pred = finalize(remap(pooled, params.threshold, params.temperature), params.epsilon)
                 if max(pred, 1 - pred) >= params.exit_thresholds[ti]:
                     exit_i = ti

@@ -1,4 +1,4 @@
-"""Binary metrics computed the way the NATIX validator reads answers (PROTOCOL §3.1).
+"""Binary metrics computed the way the NATIX validator reads answers (docs/protocol.md §3.1).
 
 Predictions are rounded with ``np.round`` (banker's rounding: 0.5 -> 0, i.e. "no roadwork"); MCC is
 clipped at 0 and is 0 unless both labels and rounded predictions contain two classes. AUC uses the raw
@@ -12,23 +12,10 @@ from typing import Sequence
 
 import numpy as np
 
+from natix_miner.scoring import balanced_mcc_from_counts, mcc_from_counts, reward_value
 
-def mcc_from_counts(tp: int, fp: int, tn: int, fn: int) -> float:
-    den = math.sqrt(float(tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    return 0.0 if den == 0 else (tp * tn - fp * fn) / den
-
-
-def balanced_mcc_from_counts(tp: int, fp: int, tn: int, fn: int) -> float:
-    """MCC at 50/50 prevalence, from the true-positive and true-negative rates.
-
-    Validators draw each challenge's label 50/50, so over their 100-answer window this is the MCC a
-    miner with these error rates is scored with, whatever the balance of the labelled set it was measured
-    on. 0 when a class is absent.
-    """
-    if tp + fn == 0 or tn + fp == 0:
-        return 0.0
-    tpr, tnr = tp / (tp + fn), tn / (tn + fp)
-    return mcc_from_counts(tpr, 1 - tnr, tnr, 1 - tpr)  # type: ignore[arg-type]  # counts scale out
+__all__ = ["auc_score", "balanced_mcc_from_counts", "binary_metrics", "expected_reward", "mcc_from_counts",
+           "percentiles"]
 
 
 def auc_score(labels: Sequence[int], probs: Sequence[float]) -> float | None:
@@ -69,7 +56,7 @@ def binary_metrics(labels: Sequence[int], probs: Sequence[float]) -> dict:
 
 def expected_reward(mcc100: float, acc10: float) -> float:
     """The validator's per-query reward for a valid answer: (0.5·MCC100 + 0.5·Acc10)^3."""
-    return float((0.5 * mcc100 + 0.5 * acc10) ** 3)
+    return reward_value(mcc100, acc10)
 
 
 def percentiles(values: Sequence[float], qs: Sequence[float] = (50, 95, 99)) -> dict:

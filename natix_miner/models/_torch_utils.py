@@ -9,7 +9,10 @@
 - :func:`size_groups` splits a batch into chunks of at most ``batch_size`` images of equal size, so a
   batched call gives the same numbers as one-by-one calls even where a processor pads to the largest
   image of the batch,
-- :func:`cuda_allocated` / :func:`loaded_memory_mb` measure what a load cost.
+- :func:`cuda_allocated` / :func:`loaded_memory_mb` measure what a load cost,
+- :class:`TorchAdapter`: the base class of the torch families: ``unload()`` drops the attributes
+  named in ``released_attrs`` and empties the CUDA cache; ``finish_load(HFLoaded)`` ends a
+  transformers load (model on its device in eval mode, processor, dtype, measured memory).
 
 torch is imported inside the functions: importing this module is cheap.
 """
@@ -19,15 +22,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
-from natix_miner.models.base import AdapterError
+from natix_miner.models.base import Adapter, AdapterError, FamilyOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from PIL import Image
-
-    from natix_miner.models.base import Adapter
 
 DOWNLOAD_HINT = "run scripts/download_models.py on a machine with internet to fetch it into the local cache"
 _LOCAL_SUFFIXES = (".pt", ".pth", ".engine", ".onnx", ".safetensors", ".bin", ".torchscript", ".npz")
@@ -175,15 +176,49 @@ def hf_load_image_model(adapter: "Adapter", model_loader: Any, device: str) -> H
 
 
 def hf_finish_load(adapter: "Adapter", loaded: HFLoaded) -> None:
-    """Move the model to its device in eval mode and set the adapter's ``model``, ``processor``,
-    ``dtype``, ``_pre`` (processor kwargs), ``device``, ``loaded`` and ``measured_memory_mb``."""
-    adapter.model = loaded.model.to(loaded.device).eval()
-    adapter.processor = loaded.processor
-    adapter.dtype = loaded.dtype
-    adapter._pre = preprocess_kwargs(adapter, loaded.processor, loaded.device)
-    adapter.device = loaded.device
-    adapter.loaded = True
-    adapter.measured_memory_mb = loaded_memory_mb(loaded.device, loaded.memory_before, adapter.model)
+    """Compatibility wrapper: :meth:`TorchAdapter.finish_load` for adapters that are not (yet) a
+    :class:`TorchAdapter`; new code calls ``self.finish_load(loaded)``."""
+    TorchAdapter.finish_load(adapter, loaded)  # type: ignore[arg-type]
+
+
+class TorchFamilyOptions(FamilyOptions):
+    """Options every transformers-loaded family understands (read by the helpers above)."""
+
+    dtype: str | None = None  # auto | fp32 | fp16 | bf16 (checked by resolve_dtype at load)
+    revision: str | None = None  # hub revision for from_pretrained
+    cache_dir: str | None = None  # hub cache folder
+    gpu_preprocess: bool = False  # resize/normalise on the GPU with a torchvision processor
+
+
+class TorchAdapter(Adapter):
+    """Base class of the torch-based families: shared load epilogue and unload.
+
+    ``released_attrs`` names the attributes ``unload()`` sets to None (the model and whatever holds
+    tensors); ``unload()`` then marks the adapter unloaded and empties the CUDA cache on CUDA.
+    ``warmup()`` is the contract's default (one realistic dummy batch).
+    """
+
+    released_attrs: ClassVar[tuple[str, ...]] = ("model",)
+
+    def finish_load(self, loaded: HFLoaded) -> None:
+        """Move the model to its device in eval mode and set ``model``, ``processor``, ``dtype``,
+        ``_pre`` (processor kwargs), ``device``, ``loaded`` and ``measured_memory_mb``."""
+        self.model = loaded.model.to(loaded.device).eval()
+        self.processor = loaded.processor
+        self.dtype = loaded.dtype
+        self._pre = preprocess_kwargs(self, loaded.processor, loaded.device)
+        self.device = loaded.device
+        self.loaded = True
+        self.measured_memory_mb = loaded_memory_mb(loaded.device, loaded.memory_before, self.model)
+
+    def unload(self) -> None:
+        for name in self.released_attrs:
+            setattr(self, name, None)
+        super().unload()
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
 
 
 def to_rgb(image: "Image.Image") -> "Image.Image":
@@ -292,4 +327,3 @@ def weight_map(adapter: "Adapter", value: Any, key: str) -> dict[str, float]:
             raise AdapterError(f"{adapter.name}: options.{key}[{k!r}] must be in [0, 1], got {v!r}")
         out[str(k)] = w
     return out
-

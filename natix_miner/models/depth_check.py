@@ -1,6 +1,6 @@
 """Detector + monocular depth plausibility check (Depth Anything V2 / DA3): a self-contained voter.
 
-DESIGN §2 calls depth a "modifier" that down-weights detections whose size is implausible. The engine
+docs/architecture.md §2 calls depth a "modifier" that down-weights detections whose size is implausible. The engine
 has no modifier concept (every model votes independently), so this adapter is a **composite voter**:
 it owns a detector sub-adapter (``options.detector``: a nested model spec ``{type, model, licence?,
 options?, batch_size?}`` built with :func:`natix_miner.models.registry.build_adapter`) and a depth
@@ -51,11 +51,11 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from loguru import logger
 
-from natix_miner.engine.types import Vote
 from natix_miner.models import _torch_utils as tu
 from natix_miner.models.base import Adapter, AdapterError
 from natix_miner.models.detection import ROADWORK_PROMPTS, Detection, noisy_or, normalise_label
 from natix_miner.models.registry import build_adapter, register
+from natix_miner.types import Vote
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -195,12 +195,13 @@ def detections_from_votes(votes: Sequence[Vote]) -> list[list[Detection]]:
 
 
 @register("depth_check")
-class DepthCheckAdapter(Adapter):
+class DepthCheckAdapter(tu.TorchAdapter):
     """Detector whose boxes are re-weighted by a depth-based size check (see the module docstring).
 
     ``detector`` may be injected (set the attribute before ``load``); otherwise it is built from
     ``options.detector``.
     """
+    released_attrs = ("depth_model",)
 
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
@@ -330,9 +331,4 @@ class DepthCheckAdapter(Adapter):
     def unload(self) -> None:
         if self.detector is not None:
             self.detector.unload()
-        self.depth_model = None
-        self.loaded = False
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()
+        super().unload()

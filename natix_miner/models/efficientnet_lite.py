@@ -59,10 +59,11 @@ import torch.nn.functional as F
 from loguru import logger
 from torch import nn
 
-from natix_miner.engine.types import Vote
 from natix_miner.models import _torch_utils as tu
-from natix_miner.models.base import Adapter, AdapterError
+from natix_miner.models.base import AdapterError
 from natix_miner.models.registry import register
+from natix_miner.scoring import sigmoid
+from natix_miner.types import Vote
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -257,13 +258,14 @@ def pooled_dim(pooling: str) -> int:
 
 
 @register("efficientnet_lite")
-class EfficientNetLiteAdapter(Adapter):
+class EfficientNetLiteAdapter(tu.TorchAdapter):
     """Lite0 backbone + trained head (see the module docstring for how ``p`` is formed).
 
     With ``options.features_only: true`` no head is loaded and only :meth:`features` works: that is how
     scripts/train_head.py uses it (``pooling`` / ``short_side`` / ``max_long_side`` options then choose
     the features; with a head they come from the head file).
     """
+    released_attrs = ("model", "head")
 
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
@@ -399,13 +401,6 @@ class EfficientNetLiteAdapter(Adapter):
         logits = self.head.logits(self.features(images)) + self.logit_shift
         votes = []
         for z in logits.tolist():
-            p = 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
+            p = sigmoid(z)
             votes.append(Vote(p, {"logit": round(z, 4)}))
         return votes
-
-    def unload(self) -> None:
-        self.model = None
-        self.head = None
-        self.loaded = False
-        if self.device.startswith("cuda"):
-            torch.cuda.empty_cache()

@@ -20,14 +20,31 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Literal
 
-from natix_miner.engine.types import Vote
-from natix_miner.models.base import Adapter, AdapterError
+from pydantic import Field
+
+from natix_miner.models.base import Adapter, AdapterError, FamilyOptions
 from natix_miner.models.registry import register
+from natix_miner.types import Vote
+
+
+class FakeOptions(FamilyOptions):
+    p: float = 0.7
+    p_by_color: bool = False
+    latency_ms: float = Field(0.0, ge=0.0)
+    fail: Literal["raise", "oom", "hang", "nan"] | None = None
+    fail_every: int = Field(1, ge=1)
+    hang_s: float = Field(30.0, ge=0.0)
+    fail_first: int | None = Field(None, ge=0)
+    load_fail: bool = False
+    measured_memory_mb: float | None = Field(None, ge=0.0)
 
 
 @register("fake")
 class FakeAdapter(Adapter):
+    options_model = FakeOptions
+    opts: FakeOptions
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
         self.calls = 0
@@ -36,12 +53,14 @@ class FakeAdapter(Adapter):
         self._release = threading.Event()
 
     def load(self, device: str) -> None:
-        if self.spec.options.get("load_fail"):
+        o = self.opts
+        if o.load_fail:
             raise AdapterError(f"{self.name}: injected load failure")
         self.device = device
         self.loaded = True
         self._release.clear()
-        self.measured_memory_mb = float(self.spec.options.get("measured_memory_mb", self.spec.memory_mb))
+        self.measured_memory_mb = float(o.measured_memory_mb if o.measured_memory_mb is not None
+                                        else self.spec.memory_mb)
 
     def unload(self) -> None:
         self._release.set()
@@ -51,26 +70,26 @@ class FakeAdapter(Adapter):
         return None
 
     def predict(self, images):
-        opts = self.spec.options
+        o = self.opts  # parsed once, when the adapter was built
         with self._lock:
             self.calls += 1
             n = self.calls
             self.batches.append(len(images))
-        latency = float(opts.get("latency_ms", 0.0)) / 1000.0
+        latency = o.latency_ms / 1000.0
         if latency:
             time.sleep(latency)
-        fail = opts.get("fail")
-        first = opts.get("fail_first")
-        if fail and n % int(opts.get("fail_every", 1)) == 0 and (first is None or n <= int(first)):
+        fail = o.fail
+        first = o.fail_first
+        if fail and n % o.fail_every == 0 and (first is None or n <= first):
             if fail == "raise":
                 raise RuntimeError(f"{self.name}: injected failure")
             if fail == "oom":
                 raise MemoryError(f"{self.name}: injected out-of-memory")
             if fail == "hang":
-                self._release.wait(float(opts.get("hang_s", 30.0)))
+                self._release.wait(o.hang_s)
             if fail == "nan":
                 return [Vote(float("nan")) for _ in images]
-        if opts.get("p_by_color"):
+        if o.p_by_color:
             votes = []
             for im in images:
                 small = im.convert("RGB").resize((8, 8))
@@ -79,4 +98,4 @@ class FakeAdapter(Adapter):
                 b = sum(p[2] for p in px) / len(px)
                 votes.append(Vote(min(1.0, max(0.0, 0.5 + (r - b) / 510.0)), {"r": r, "b": b}))
             return votes
-        return [Vote(float(opts.get("p", 0.7))) for _ in images]
+        return [Vote(o.p) for _ in images]

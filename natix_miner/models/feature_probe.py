@@ -38,18 +38,18 @@ Other options: ``dtype`` (``auto`` = fp16 on CUDA, ``bf16``, ``fp32``; fp32 on C
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from natix_miner.engine.types import Vote
 from natix_miner.models import _torch_utils as tu
-from natix_miner.models.base import Adapter, AdapterError
+from natix_miner.models.base import AdapterError
 from natix_miner.models.registry import register
 from natix_miner.models.zero_shot import chunked
+from natix_miner.scoring import sigmoid
+from natix_miner.types import Vote
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -79,8 +79,9 @@ def pool_tokens(hidden: "torch.Tensor", pooling: str, n_prefix: int) -> "torch.T
 
 
 @register("feature_probe")
-class FeatureProbeAdapter(Adapter):
+class FeatureProbeAdapter(tu.TorchAdapter):
     """DINOv2/DINOv3 features + trained head (see the module docstring for how ``p`` is formed)."""
+    released_attrs = ("model", "head")
 
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
@@ -227,7 +228,7 @@ class FeatureProbeAdapter(Adapter):
         logits = self.head.logits(self.features(images))
         votes = []
         for z in logits.tolist():
-            p = 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
+            p = sigmoid(z)
             votes.append(Vote(p, {"logit": round(z, 4)}))
         return votes
 
@@ -237,12 +238,3 @@ class FeatureProbeAdapter(Adapter):
             self.features(ims)
         else:
             self.predict(ims)
-
-    def unload(self) -> None:
-        self.model = None
-        self.head = None
-        self.loaded = False
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()

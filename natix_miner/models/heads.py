@@ -85,10 +85,6 @@ class LoadedHead:
     path: str = ""
 
     @property
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.module.parameters())
-
-    @property
     def threshold(self) -> float:
         return float(self.meta.get("threshold", 0.5))
 
@@ -126,10 +122,3 @@ def load_head(path: str | Path, device: str = "cpu") -> LoadedHead:
     module.eval().to(device)
     return LoadedHead(module=module, kind=kind, in_dim=in_dim, meta=dict(blob.get("meta", {})),
                       device=device, path=str(path))
-
-
-def read_provenance(head_dir: str | Path) -> dict[str, Any]:
-    """``provenance.json`` next to a head (empty dict when missing)."""
-    p = Path(head_dir)
-    p = (p if p.is_dir() else p.parent) / "provenance.json"
-    return json.loads(p.read_text()) if p.exists() else {}

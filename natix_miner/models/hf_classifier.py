@@ -32,15 +32,15 @@ image sizes and colour modes batches together (images are converted to RGB first
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from loguru import logger
 
-from natix_miner.engine.types import Vote
 from natix_miner.models import _torch_utils as tu
-from natix_miner.models.base import Adapter, AdapterError
+from natix_miner.models.base import AdapterError
 from natix_miner.models.registry import register
+from natix_miner.types import Vote
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -66,9 +66,18 @@ def positive_label_ids(id2label: dict[int, str], wanted: Any, name: str = "model
     return sorted(ids)
 
 
+class HFClassifierOptions(tu.TorchFamilyOptions):
+    """``options:`` of ``type: hf_classifier`` (see the module docstring), parsed once at build."""
+
+    positive_labels: list[str] | str | None = None
+    activation: Literal["softmax", "sigmoid"] | None = None
+
+
 @register("hf_classifier")
-class HFClassifierAdapter(Adapter):
-    requires = ("transformers",)
+class HFClassifierAdapter(tu.TorchAdapter):
+    released_attrs = ("model", "processor")
+    options_model = HFClassifierOptions
+    opts: HFClassifierOptions
 
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
@@ -86,16 +95,13 @@ class HFClassifierAdapter(Adapter):
         loaded = tu.hf_load_image_model(self, AutoModelForImageClassification, device)
         model = loaded.model
         self.id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
-        self.positive_ids = positive_label_ids(self.id2label, self.spec.options.get("positive_labels"),
-                                               self.name)
-        act = self.spec.options.get("activation")
+        self.positive_ids = positive_label_ids(self.id2label, self.opts.positive_labels, self.name)
+        act = self.opts.activation  # softmax | sigmoid, checked at build
         if act is None:
             multi = getattr(model.config, "problem_type", None) == "multi_label_classification"
             act = "sigmoid" if multi or model.config.num_labels == 1 else "softmax"
-        if act not in ("softmax", "sigmoid"):
-            raise AdapterError(f"{self.name}: options.activation must be softmax or sigmoid, got {act!r}")
         self.activation = act
-        tu.hf_finish_load(self, loaded)
+        self.finish_load(loaded)
         logger.info("{}: {} on {} ({}, roadwork labels {}, {}) in {:.2f}s", self.name, loaded.source, self.device,
                     str(self.dtype).replace("torch.", ""), [self.id2label[i] for i in self.positive_ids],
                     self.activation, time.perf_counter() - loaded.t0)
@@ -127,10 +133,3 @@ class HFClassifierAdapter(Adapter):
             votes.append(Vote(min(1.0, max(0.0, float(p))),
                               {"top": self.id2label.get(top, str(top)), "top_p": round(row[top], 4)}))
         return votes
-
-    def unload(self) -> None:
-        self.model = None
-        self.processor = None
-        self.loaded = False
-        if self.device.startswith("cuda"):
-            torch.cuda.empty_cache()

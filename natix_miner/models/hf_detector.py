@@ -49,12 +49,13 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import torch
 from loguru import logger
+from pydantic import Field
 
-from natix_miner.engine.types import Vote
 from natix_miner.models import _torch_utils as tu
 from natix_miner.models.base import Adapter, AdapterError
 from natix_miner.models.detection import Detection, normalise_label, roadwork_probability
 from natix_miner.models.registry import register
+from natix_miner.types import Vote
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -107,10 +108,29 @@ def post_processed_to_detections(result: Mapping[str, Any], id2label: Mapping[in
             for s, lbl, b in zip(scores, labels, boxes)]
 
 
-class _DetectionVoter(Adapter):
+class DetectorOptions(tu.TorchFamilyOptions):
+    """``options:`` of ``type: hf_detector`` (see the module docstring), parsed once at build."""
+
+    class_map: Any = None  # required; checked against the model's classes at load (checked_class_map)
+    threshold: float = Field(DEFAULT_THRESHOLD, ge=0.0, le=1.0)
+    prior: float = Field(0.02, ge=0.0, le=1.0)
+
+
+class RFDETROptions(DetectorOptions):
+    """``options:`` of ``type: rfdetr``: the detector's plus the rfdetr package's."""
+
+    variant: str = "base"  # checked against RFDETR_VARIANTS at load
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    optimize: bool = False
+    weights: str | None = None
+
+
+class _DetectionVoter(tu.TorchAdapter):
     """``predict`` = noisy-OR over ``self.detections(images)`` mapped through ``self.class_map``."""
 
     class_map: dict[str, float]
+    options_model = DetectorOptions
+    opts: DetectorOptions
 
     def detections(self, images: "list[Image.Image]") -> list[list[Detection]]:
         raise NotImplementedError
@@ -118,14 +138,13 @@ class _DetectionVoter(Adapter):
     def predict(self, images: "list[Image.Image]") -> list[Vote]:
         if not images:
             return []
-        return votes_from_detections(self.detections(images), self.class_map,
-                                     tu.float_option(self, "threshold", DEFAULT_THRESHOLD),
-                                     tu.float_option(self, "prior", 0.02))
+        return votes_from_detections(self.detections(images), self.class_map, self.opts.threshold,
+                                     self.opts.prior)
 
 
 @register("hf_detector")
 class HFDetectorAdapter(_DetectionVoter):
-    requires = ("transformers",)
+    released_attrs = ("model", "processor")
 
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
@@ -142,8 +161,7 @@ class HFDetectorAdapter(_DetectionVoter):
         loaded = tu.hf_load_image_model(self, AutoModelForObjectDetection, device)
         self.id2label = {int(k): str(v) for k, v in loaded.model.config.id2label.items()}
         self.class_map = checked_class_map(self, self.id2label.values())
-        tu.float_option(self, "threshold", DEFAULT_THRESHOLD)
-        tu.hf_finish_load(self, loaded)
+        self.finish_load(loaded)
         logger.info("{}: {} ({}) on {} ({}) in {:.2f}s; roadwork classes {}", self.name, loaded.source,
                     type(loaded.model).__name__, self.device, str(self.dtype).replace("torch.", ""),
                     time.perf_counter() - loaded.t0, sorted(self.class_map))
@@ -153,7 +171,7 @@ class HFDetectorAdapter(_DetectionVoter):
         """All detections per image above ``options.threshold`` (every class), in input order."""
         if self.model is None:
             raise AdapterError(f"{self.name}: predict before load")
-        threshold = tu.float_option(self, "threshold", DEFAULT_THRESHOLD)
+        threshold = self.opts.threshold
         out: list[list[Detection]] = []
         for idx in tu.chunks(len(images), self.spec.batch_size):
             batch = [tu.to_rgb(images[i]) for i in idx]
@@ -166,13 +184,6 @@ class HFDetectorAdapter(_DetectionVoter):
                 outputs, threshold=threshold, target_sizes=[(im.height, im.width) for im in batch])
             out.extend(post_processed_to_detections(r, self.id2label) for r in results)
         return out
-
-    def unload(self) -> None:
-        self.model = None
-        self.processor = None
-        self.loaded = False
-        if self.device.startswith("cuda"):
-            torch.cuda.empty_cache()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,7 +219,9 @@ def supervision_to_detections(det: Any, class_names: Mapping[int, str]) -> list[
 
 @register("rfdetr")
 class RFDETRAdapter(_DetectionVoter):
-    requires = ("rfdetr",)
+    options_model = RFDETROptions
+    opts: RFDETROptions
+    released_attrs = ("model",)
 
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
@@ -255,7 +268,6 @@ class RFDETRAdapter(_DetectionVoter):
         self.model = model
         self.class_names = rfdetr_class_names(model)
         self.class_map = checked_class_map(self, self.class_names.values())
-        tu.float_option(self, "threshold", DEFAULT_THRESHOLD)
         self.loaded = True
         inner = getattr(getattr(model, "model", None), "model", None)
         self.measured_memory_mb = tu.loaded_memory_mb(device, before, inner)
@@ -273,7 +285,7 @@ class RFDETRAdapter(_DetectionVoter):
     def detections(self, images: "list[Image.Image]") -> list[list[Detection]]:
         if self.model is None:
             raise AdapterError(f"{self.name}: predict before load")
-        threshold = tu.float_option(self, "threshold", DEFAULT_THRESHOLD)
+        threshold = self.opts.threshold
         out: list[list[Detection]] = []
         for idx in tu.chunks(len(images), self.spec.batch_size):
             batch = [tu.to_rgb(images[i]) for i in idx]
@@ -284,9 +296,3 @@ class RFDETRAdapter(_DetectionVoter):
                 raise AdapterError(f"{self.name}: rfdetr returned {len(res)} results for {len(batch)} images")
             out.extend(supervision_to_detections(r, self.class_names) for r in res)
         return out
-
-    def unload(self) -> None:
-        self.model = None
-        self.loaded = False
-        if self.device.startswith("cuda"):
-            torch.cuda.empty_cache()

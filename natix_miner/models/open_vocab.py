@@ -60,11 +60,11 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 from loguru import logger
 
-from natix_miner.engine.types import Vote
 from natix_miner.models import _torch_utils as tu
-from natix_miner.models.base import Adapter, AdapterError
+from natix_miner.models.base import AdapterError
 from natix_miner.models.detection import ROADWORK_PROMPTS, Detection, normalise_label, roadwork_probability
 from natix_miner.models.registry import register
+from natix_miner.types import Vote
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -179,8 +179,8 @@ def parse_florence(text: str, token_spans: list[tuple[int, int]], token_logprobs
 
 
 @register("open_vocab_detector")
-class OpenVocabAdapter(Adapter):
-    requires = ("transformers",)
+class OpenVocabAdapter(tu.TorchAdapter):
+    released_attrs = ("model", "processor", "_query_embeds")
 
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
@@ -411,11 +411,3 @@ class OpenVocabAdapter(Adapter):
             votes.append(Vote(p, {"detections": [d.to_dict() for d in used[:5]], "n_roadwork": len(used),
                                   "n_all": len(dets)}))
         return votes
-
-    def unload(self) -> None:
-        self.model = None
-        self.processor = None
-        self._query_embeds = None
-        self.loaded = False
-        if self.device.startswith("cuda"):
-            torch.cuda.empty_cache()

@@ -35,12 +35,13 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Mapping
 
 from loguru import logger
+from pydantic import Field, model_validator
 
-from natix_miner.engine.types import Vote
 from natix_miner.models import _torch_utils as tu
-from natix_miner.models.base import Adapter, AdapterError
+from natix_miner.models.base import AdapterError, FamilyOptions
 from natix_miner.models.detection import noisy_or
 from natix_miner.models.registry import register
+from natix_miner.types import Vote
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -85,9 +86,31 @@ def combine(scores: Mapping[str, float], weights: Mapping[str, float], *, min_sc
     return noisy_or([weights[k] * s for k, s in scores.items() if s >= min_score], prior=prior)
 
 
+class TextSegmenterOptions(FamilyOptions):
+    """``options:`` of ``type: text_segmenter`` (see the module docstring), parsed once at build."""
+
+    prompts: dict[str, float] | list[str] | None = None  # weights checked at load (tu.weight_map)
+    min_score: float = Field(0.05, ge=0.0, le=1.0)
+    prior: float = Field(0.02, ge=0.0, le=1.0)
+    min_area: float = Field(0.0, ge=0.0, le=1.0)
+    max_area: float = Field(1.0, ge=0.0, le=1.0)
+    dtype: str | None = None
+    revision: str | None = None
+    cache_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _areas(self) -> "TextSegmenterOptions":
+        if self.min_area > self.max_area:
+            raise ValueError(f"options.min_area ({self.min_area}) must be <= options.max_area ({self.max_area})")
+        return self
+
+
 @register("text_segmenter")
-class TextSegmenterAdapter(Adapter):
+class TextSegmenterAdapter(tu.TorchAdapter):
     """SAM 3 text prompts -> roadwork probability (see the module docstring)."""
+    released_attrs = ("model", "_text")
+    options_model = TextSegmenterOptions
+    opts: TextSegmenterOptions
 
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
@@ -98,27 +121,18 @@ class TextSegmenterAdapter(Adapter):
         self._text: Any = None  # (K, L, H) projected text features
         self._mask: Any = None  # (K, L) attention mask
 
-    def _opt(self, key: str, default: Any = None) -> Any:
-        return self.spec.options.get(key, default)
-
     def _areas(self) -> tuple[float, float]:
-        lo = tu.float_option(self, "min_area", 0.0)
-        hi = tu.float_option(self, "max_area", 1.0)
-        if lo > hi:
-            raise AdapterError(f"{self.name}: options.min_area ({lo}) must be <= options.max_area ({hi})")
-        return lo, hi
+        return self.opts.min_area, self.opts.max_area
 
     def load(self, device: str) -> None:
         import torch
         from transformers import Sam3Model, Sam3Processor
 
         device = tu.resolve_device(self.name, device)
-        self.prompts = tu.weight_map(self, self._opt("prompts", DEFAULT_PROMPTS), "prompts")
-        self._areas()
-        tu.float_option(self, "min_score", 0.05)
-        tu.float_option(self, "prior", 0.02)
+        prompts = self.opts.prompts if self.opts.prompts is not None else DEFAULT_PROMPTS
+        self.prompts = tu.weight_map(self, prompts, "prompts")
         source, is_local = tu.model_source(self, self.spec.model or DEFAULT_MODEL)
-        dtype = tu.resolve_dtype(self.name, self._opt("dtype"), device, default_cuda="bf16")
+        dtype = tu.resolve_dtype(self.name, self.opts.dtype, device, default_cuda="bf16")
         t0 = time.perf_counter()
         before = tu.cuda_allocated(device)
         model = tu.hf_load(self, Sam3Model, source, is_local, dtype=dtype)
@@ -167,8 +181,7 @@ class TextSegmenterAdapter(Adapter):
     def predict(self, images: "list[Image.Image]") -> list[Vote]:
         if not images:
             return []
-        min_score = tu.float_option(self, "min_score", 0.05)
-        prior = tu.float_option(self, "prior", 0.02)
+        min_score, prior = self.opts.min_score, self.opts.prior  # parsed once, at build
         votes = []
         for per_prompt in self.raw_scores(images):
             scores = {k: v[0] for k, v in per_prompt.items()}
@@ -177,15 +190,6 @@ class TextSegmenterAdapter(Adapter):
             votes.append(Vote(p, {"prompt_scores": {k: round(v, 4) for k, v in scores.items()},
                                   "best_prompt": best, "best_box": per_prompt[best][1]}))
         return votes
-
-    def unload(self) -> None:
-        self.model = None
-        self._text = None
-        self.loaded = False
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()
 
 
 __all__ = ["TextSegmenterAdapter", "DEFAULT_PROMPTS", "prompt_scores", "combine"]

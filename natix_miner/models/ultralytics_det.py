@@ -46,13 +46,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from loguru import logger
+from pydantic import Field
 
-from natix_miner.engine.types import Vote
 from natix_miner.models import _torch_utils as tu
-from natix_miner.models.base import Adapter, AdapterError
+from natix_miner.models.base import AdapterError, FamilyOptions
 from natix_miner.models.detection import ROADWORK_PROMPTS, Detection
 from natix_miner.models.hf_detector import checked_class_map, votes_from_detections
 from natix_miner.models.registry import register
+from natix_miner.types import Vote
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -74,9 +75,27 @@ def results_to_detections(result: Any, names: dict[int, str] | None = None) -> l
             for c, s, b in zip(cls, conf, xyxy)]
 
 
+class UltralyticsOptions(FamilyOptions):
+    """``options:`` of ``type: ultralytics`` (see the module docstring), parsed once at build."""
+
+    class_map: Any = None  # checked against the model's classes at load (checked_class_map)
+    prompts: Any = None  # true | {prompt: weight} | [prompt, ...]
+    prompt_embeddings: str | None = None
+    imgsz: int = Field(640, ge=1)
+    conf: float = Field(0.25, ge=0.0, le=1.0)
+    iou: float = Field(0.7, ge=0.0, le=1.0)
+    max_det: int = Field(100, ge=1)
+    prior: float = Field(0.02, ge=0.0, le=1.0)
+    task: str | None = None
+    dtype: str | None = None
+    weights: str | None = None
+
+
 @register("ultralytics")
-class UltralyticsAdapter(Adapter):
-    requires = ("ultralytics",)
+class UltralyticsAdapter(tu.TorchAdapter):
+    options_model = UltralyticsOptions
+    opts: UltralyticsOptions
+    released_attrs = ("model",)
 
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
@@ -186,11 +205,10 @@ class UltralyticsAdapter(Adapter):
                                "options.prompt_embeddings (an .npz from save_prompt_embeddings)") from e
 
     def _run(self, batch: "list[Image.Image]") -> list[Any]:
-        opts = self.spec.options
+        o = self.opts  # parsed once, at build
         kw: dict[str, Any] = dict([self._half_arg]) if self.half else {}
-        return self.model.predict(batch, imgsz=int(opts.get("imgsz", 640)),
-                                  conf=tu.float_option(self, "conf", 0.25), iou=tu.float_option(self, "iou", 0.7),
-                                  max_det=int(opts.get("max_det", 100)), device=self.device, verbose=False, **kw)
+        return self.model.predict(batch, imgsz=o.imgsz, conf=o.conf, iou=o.iou, max_det=o.max_det,
+                                  device=self.device, verbose=False, **kw)
 
     def detections(self, images: "list[Image.Image]") -> list[list[Detection]]:
         """Raw detections per image (all classes), in input order."""
@@ -207,14 +225,7 @@ class UltralyticsAdapter(Adapter):
     def predict(self, images: "list[Image.Image]") -> list[Vote]:
         if not images:
             return []
-        return votes_from_detections(self.detections(images), self.class_map, tu.float_option(self, "conf", 0.25),
-                                     tu.float_option(self, "prior", 0.02))
-
-    def unload(self) -> None:
-        self.model = None
-        self.loaded = False
-        if self.device.startswith("cuda"):
-            torch.cuda.empty_cache()
+        return votes_from_detections(self.detections(images), self.class_map, self.opts.conf, self.opts.prior)
 
 
 def _path_size(path: Path) -> int:

@@ -50,10 +50,11 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence, TypeVar
 
 from loguru import logger
 
-from natix_miner.engine.types import Vote
 from natix_miner.models import _torch_utils as tu
-from natix_miner.models.base import Adapter, AdapterError
+from natix_miner.models.base import AdapterError
 from natix_miner.models.registry import register
+from natix_miner.scoring import sigmoid
+from natix_miner.types import Vote
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -101,11 +102,6 @@ def pooled(output: Any) -> "torch.Tensor":
     if hasattr(output, "pooler_output"):
         return output.pooler_output
     return output
-
-
-def sigmoid(z: float) -> float:
-    z = max(-60.0, min(60.0, float(z)))
-    return 1.0 / (1.0 + math.exp(-z))
 
 
 # =============================================================================================
@@ -182,8 +178,9 @@ def _prompt_list(adapter_name: str, value: Any, default: Sequence[str], key: str
 
 
 @register("zero_shot")
-class ZeroShotAdapter(Adapter):
+class ZeroShotAdapter(tu.TorchAdapter):
     """CLIP / SigLIP prompt ensembles (see the module docstring for how ``p`` is formed)."""
+    released_attrs = ("model", "text_embeds")
 
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
@@ -340,15 +337,6 @@ class ZeroShotAdapter(Adapter):
                     ev["p_tiles"] = [round(x, 4) for x in ps[1:]]
                 votes.append(Vote(float(min(1.0, max(0.0, p))), ev))
         return votes
-
-    def unload(self) -> None:
-        self.model = None
-        self.text_embeds = None
-        self.loaded = False
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()
 
 
 __all__ = [

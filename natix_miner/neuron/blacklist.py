@@ -1,4 +1,4 @@
-"""Who may query the miner, and in what order (PROTOCOL §4.3, §5.8).
+"""Who may query the miner, and in what order (docs/protocol.md §4.3, §5).
 
 Pure functions over a :class:`~natix_miner.neuron.chain.ChainSnapshot`, so they are trivial to
 test and cannot raise into the axon (an exception inside bittensor's blacklist step turns into a

@@ -1,7 +1,7 @@
 """Command-line flags of ``neurons/miner.py``.
 
 The standard bittensor flags (``--netuid``, ``--wallet.*``, ``--subtensor.*``, ``--axon.*``,
-``--logging.*``) keep bittensor's names and defaults (PROTOCOL §4.6), but are declared here
+``--logging.*``) keep bittensor's names and defaults (docs/protocol.md §4.6), but are declared here
 with plain argparse so that ``--help`` does not import bittensor or torch. Like bittensor's
 own parser, unknown flags are ignored with a warning (launch scripts pass e.g. ``--model_url``).
 Environment variables (see ``.env.example``) provide defaults; flags win.

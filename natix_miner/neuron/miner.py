@@ -35,7 +35,7 @@ from natix_miner.neuron.chain import ChainSnapshot
 from natix_miner.neuron.config import MinerConfig
 from natix_miner.protocol import ExtendedImageSynapse, ImageSynapse
 
-# A validator waits 9 s (PROTOCOL §2.5); answer with this much left for the network and the axon.
+# A validator waits 9 s (docs/protocol.md §2.5); answer with this much left for the network and the axon.
 RESPONSE_MARGIN_S = 1.5
 # The hard cut: an engine call still running this long after the request's deadline is abandoned and the
 # fallback answered, so every accepted request is answered within deadline + HARD_CUT_GRACE_S of receipt
@@ -134,10 +134,10 @@ class Miner:
         from natix_miner.profile import load_profile
 
         self._profile = load_profile(self.config.profile)
-        if self.config.deadline_s is not None:
-            self._profile.deadline_s = self.config.deadline_s
+        if self.config.deadline_s is not None:  # profiles are frozen: overrides are validated copies
+            self._profile = self._profile.replace(deadline_s=self.config.deadline_s)
         if self.config.no_cache:
-            self._profile.cache.enabled = False
+            self._profile = self._profile.replace(cache={"enabled": False})
         if getattr(self.config, "engine_remote", None):
             from natix_miner.engine.remote import make_remote_engine
 

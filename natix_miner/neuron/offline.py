@@ -8,11 +8,8 @@ loopback address.
 
 from __future__ import annotations
 
-_PATCHED = False
-
 
 def disable_external_ip_lookup(ip: str = "127.0.0.1") -> None:
-    global _PATCHED
     from bittensor.utils import networking
 
     def _fixed_ip() -> str:
@@ -27,8 +24,3 @@ def disable_external_ip_lookup(ip: str = "127.0.0.1") -> None:
         net = getattr(mod, "networking", None)
         if net is not None:
             net.get_external_ip = _fixed_ip
-    _PATCHED = True
-
-
-def is_patched() -> bool:
-    return _PATCHED

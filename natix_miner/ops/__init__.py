@@ -6,10 +6,10 @@ Each module holds the testable logic; the scripts are thin command-line wrappers
   percentiles, unanswered requests and the miner's memory over time (JSON + PNG).
 - :mod:`natix_miner.ops.doctor` — PASS/WARN/FAIL checks of a mining setup (wallet, registration,
   published axon, reachability, clock, GPU placement, cached weights, subnet activity).
-- :mod:`natix_miner.ops.model_card` — write and validate ``model_card.json`` (PROTOCOL §4.9), push
+- :mod:`natix_miner.ops.model_card` — write and validate ``model_card.json`` (docs/protocol.md §4.9), push
   the folder to Hugging Face.
 - :mod:`natix_miner.ops.register` — register the miner with the NATIX application server
-  (PROTOCOL §4.8, ``register.sh`` in Python).
+  (docs/protocol.md §4.8, ``register.sh`` in Python).
 
 Importing this package is cheap: bittensor, torch, matplotlib and huggingface_hub are imported
 inside the functions that need them.

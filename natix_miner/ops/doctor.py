@@ -16,12 +16,12 @@ Local checks (``--skip-network`` runs only these):
   downloaded at run time).
 * **miner port** — something accepts TCP connections on ``127.0.0.1:<axon.port>``.
 * **model card** — with ``--model-dir``, ``model_card.json`` passes the validators' historical rules
-  (PROTOCOL §4.9); otherwise a reminder.
+  (docs/protocol.md §4.9); otherwise a reminder.
 
 Network checks:
 
 * **registration** — the hotkey is registered on the netuid (metagraph), and does not hold a
-  validator permit with more than 40096 stake (such UIDs are never queried, PROTOCOL §2.2).
+  validator permit with more than 40096 stake (such UIDs are never queried, docs/protocol.md §2.2).
 * **axon published** — the axon IP/port on chain is set (not 0.0.0.0) and matches this machine's
   public IP (``bittensor.utils.networking.get_external_ip``).
 * **port reachable** — a TCP connect to the published ip:port from here. Behind NAT without
@@ -31,7 +31,7 @@ Network checks:
   than 4 s + timeout (9 s): skew > 2 s is a WARN, > 13 s a FAIL.
 * **validators active** — permit holders whose ``last_update`` is within ``--active-blocks`` blocks.
 * **subnet halt** — when most active validator stake puts its weight on UID 0, validators "burn"
-  and skip the forward pass (PROTOCOL §10): WARN "subnet halted".
+  and skip the forward pass (docs/protocol.md §10): WARN "subnet halted".
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ from typing import Any, Callable
 from natix_miner.ops.wallet_files import WalletFiles, read_hotkey_ss58
 
 PASS, WARN, FAIL, SKIP, INFO = "PASS", "WARN", "FAIL", "SKIP", "INFO"
-VPERMIT_TAO_LIMIT = 40096.0  # validators skip permit holders above this stake (PROTOCOL §2.2)
+VPERMIT_TAO_LIMIT = 40096.0  # validators skip permit holders above this stake (docs/protocol.md §2.2)
 NONCE_DELTA_S = 4.0  # bittensor axon ALLOWED_DELTA
-VALIDATOR_TIMEOUT_S = 9.0  # PROTOCOL §2.5
+VALIDATOR_TIMEOUT_S = 9.0  # docs/protocol.md §2.5
 CLOCK_WARN_S = 2.0
 CLOCK_FAIL_S = NONCE_DELTA_S + VALIDATOR_TIMEOUT_S
 BURN_ROW_SHARE = 0.9  # a validator "burns" when >= 90 % of its weight goes to UID 0
@@ -250,7 +250,7 @@ def check_model_card(model_dir: str | None, hotkey: str | None, model_repo: str 
             return CheckResult(name, FAIL, str(e), "use the form user/repo")
     if not model_dir:
         return CheckResult(name, INFO, "NATIX requires a public Hugging Face repo with a root model_card.json whose "
-                           "submitted_by is this hotkey, registered with the NATIX server (PROTOCOL §4.9)" + repo_note,
+                           "submitted_by is this hotkey, registered with the NATIX server (docs/protocol.md §4.9)" + repo_note,
                            how)
     path = Path(model_dir) / CARD_FILENAME
     if not path.exists():
@@ -413,7 +413,7 @@ def check_burn(mg: Any, max_age_blocks: int = 1000) -> CheckResult:
               f"{BURN_ROW_SHARE:.0%} of their weight on UID 0")
     if share >= BURN_STAKE_SHARE:
         return CheckResult(name, WARN, "subnet halted: validators burn to UID 0; " + detail,
-                           "validators skip the forward pass while halted (PROTOCOL §10): no rewards for miners. "
+                           "validators skip the forward pass while halted (docs/protocol.md §10): no rewards for miners. "
                            "Watch NATIX announcements; test on testnet 323 before paying for mainnet")
     return CheckResult(name, PASS, detail)
 

@@ -1,4 +1,4 @@
-"""``model_card.json`` for the public Hugging Face repo every miner must publish (PROTOCOL §4.9).
+"""``model_card.json`` for the public Hugging Face repo every miner must publish (docs/protocol.md §4.9).
 
 The file sits at the repo root::
 
@@ -176,7 +176,7 @@ def build_parser():
 
     p = argparse.ArgumentParser(
         prog="scripts/model_card.py",
-        description="Write DIR/model_card.json (PROTOCOL §4.9), validate it with the validators' historical rules, "
+        description="Write DIR/model_card.json (docs/protocol.md §4.9), validate it with the validators' historical rules, "
                     "and optionally upload DIR to a public Hugging Face model repo (token from HF_TOKEN).",
     )
     p.add_argument("--model-dir", required=True, help="folder to publish (created if missing)")

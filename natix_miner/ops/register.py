@@ -1,4 +1,4 @@
-"""Register the miner with the NATIX application server: ``register.sh`` in Python (PROTOCOL §4.8).
+"""Register the miner with the NATIX application server: ``register.sh`` in Python (docs/protocol.md §4.8).
 
 Steps, as the upstream script (``register.sh``, 2025-11-30 version) does them:
 

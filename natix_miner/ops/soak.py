@@ -9,10 +9,10 @@ How it works
 
     Each simulated validator is an asyncio task with its own wallet and its own real
     ``bt.Dendrite``. It sends one challenge every ``60 / rate`` seconds (default rate 20/min = one
-    every 3 s, the real ~60–75 s cadence of PROTOCOL §2.1 compressed), at a random phase so the
+    every 3 s, the real ~60–75 s cadence of docs/protocol.md §2.1 compressed), at a random phase so the
     validators do not fire in lock-step. A challenge is ``burst`` concurrent copies of the same
-    synapse (a lone miner is drawn ten times by the validator's UID deck, PROTOCOL §2.2), each a
-    ``dendrite.call(..., timeout=9, deserialize=False)`` as in PROTOCOL §2.5. Sending is open-loop:
+    synapse (a lone miner is drawn ten times by the validator's UID deck, docs/protocol.md §2.2), each a
+    ``dendrite.call(..., timeout=9, deserialize=False)`` as in docs/protocol.md §2.5. Sending is open-loop:
     a slow miner does not slow the schedule, and the 9 s timeout bounds what is in flight. The run
     is bounded in time (``minutes``) and count (``rate × minutes`` challenges per validator, or
     ``max_challenges`` in total).
@@ -65,7 +65,7 @@ from natix_miner.profile import REPO_ROOT
 
 DEFAULT_IMAGES = REPO_ROOT / "natix_miner" / "assets" / "samples"
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm")
-VALIDATOR_TIMEOUT_S = 9.0  # PROTOCOL §2.5
+VALIDATOR_TIMEOUT_S = 9.0  # docs/protocol.md §2.5
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""A faithful local replica of the NATIX StreetVision validator (PROTOCOL §2, §3, §7, §10, §12).
+"""A faithful local replica of the NATIX StreetVision validator (docs/protocol.md §2, §3, §7, §10, §12).
 
 * :mod:`.augment` — the validator's image preparation (conditions ``aug-2026-01``: levels 0–3 at
   224×224; ``letterbox-2026-04``: fit inside 224×224 with black padding, then the levels; ``fullres``)

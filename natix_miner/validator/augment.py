@@ -1,4 +1,4 @@
-"""What a NATIX validator does to an image before sending it (PROTOCOL §2.4, §2.5, §10, §12).
+"""What a NATIX validator does to an image before sending it (docs/protocol.md §2.4, §2.5, §10, §12).
 
 Three conditions: ``aug-2026-01`` (below), ``letterbox-2026-04`` (:func:`augment_letterbox`: the same
 levels, but the base transform fits the image inside 224×224 keeping its aspect ratio and pads it
@@ -16,7 +16,7 @@ A port of the subnet's ``apply_augmentation_by_level`` (validator code of 2026-0
   uniform in [-20°, 20°] with torchvision's tensor ``rotate`` and its default NEAREST interpolation,
   no expand, fill 0 (black corners), then a square ``RandomResizedCrop`` (scale (0.2, 1), ratio
   (1, 1), torchvision's ten tries and its centre-crop fallback) resized to 224×224 (bilinear,
-  antialias). **No flips**: upstream's flip transforms never flip (PROTOCOL §2.4 item 4);
+  antialias). **No flips**: upstream's flip transforms never flip (docs/protocol.md §2.4 item 4);
 * **level 2** adds the DeeperForensics distortions CS, CC, JPEG, each 50 % none / 50 % severity 1;
 * **level 3** adds CS, CC, JPEG, GNC, GB, each ⅓ none / ⅓ severity 1 / ⅓ severity 2.
 
@@ -391,7 +391,7 @@ def augment_letterbox(image: Image.Image, rng: np.random.Generator | None = None
 
 
 def fullres(image: Image.Image) -> Image.Image:
-    """Condition ``fullres`` (validators since 2026-05, PROTOCOL §10): no augmentation, full resolution,
+    """Condition ``fullres`` (validators since 2026-05, docs/protocol.md §10): no augmentation, full resolution,
     RGB. Encode it with :func:`encode_like_validator` (JPEG q75)."""
     return image.convert("RGB")
 

@@ -1,4 +1,4 @@
-"""Challenge sampling like a NATIX validator (PROTOCOL §2.3, §12), over local labelled folders.
+"""Challenge sampling like a NATIX validator (docs/protocol.md §2.3, §12), over local labelled folders.
 
 A folder holds ``roadwork/`` (label 1) and ``no_roadwork/`` (label 0) with .jpg/.jpeg/.png files.
 Per challenge, as ``natix/validator/challenge/selector.py`` since 2026-04 (PROTOCOL §12):

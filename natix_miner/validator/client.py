@@ -1,8 +1,8 @@
-"""Query a miner through a real ``bt.Dendrite`` and score it like a NATIX validator (PROTOCOL §2.5, §3, §7).
+"""Query a miner through a real ``bt.Dendrite`` and score it like a NATIX validator (docs/protocol.md §2.5, §3, §7).
 
 :func:`query` sends one ``ImageSynapse`` with ``deserialize=False`` and a 9 s timeout; ``n_copies``
 sends the same request to the same axon that many times concurrently, which is what a lone miner
-gets from the validator's UIDDeck (``next_k(10)`` returns its UID ten times, PROTOCOL §2.2). Any
+gets from the validator's UIDDeck (``next_k(10)`` returns its UID ten times, docs/protocol.md §2.2). Any
 status other than 200 reads as a prediction of -1 (no answer).
 
 :func:`run_mock_validator` is the whole loop: sample a challenge (:mod:`.challenges`), send it

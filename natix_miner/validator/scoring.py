@@ -1,4 +1,4 @@
-"""How a NATIX validator scores a miner (PROTOCOL §3), reproduced exactly.
+"""How a NATIX validator scores a miner (docs/protocol.md §3), reproduced exactly.
 
 * :class:`MinerPerformanceTracker`: per UID, ``deque(maxlen=100)`` of predictions and of labels plus
   the hotkey last seen. ``update`` resets both deques when the UID is new or its hotkey changed,
@@ -25,10 +25,19 @@ from typing import Iterable, Sequence
 import numpy as np
 from loguru import logger
 
+from natix_miner.scoring import (
+    ACCURACY_WINDOW,
+    MCC_WINDOW,
+    REWARD_CURVE_EXPONENT,
+    compute_penalty,
+    reward_value,
+    validator_mcc,
+)
+
+__all__ = ["ACCURACY_WINDOW", "MCC_WINDOW", "REWARD_CURVE_EXPONENT", "MinerPerformanceTracker", "ScoreVector",
+           "compute_penalty", "empty_metrics", "get_rewards", "reward"]
+
 STORE_LAST_N = 100
-MCC_WINDOW = 100
-ACCURACY_WINDOW = 10
-REWARD_CURVE_EXPONENT = 3.0
 MOVING_AVERAGE_ALPHA = 0.05
 NO_ANSWER = -1.0
 
@@ -80,8 +89,7 @@ class MinerPerformanceTracker:
 
 
 def _metrics(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    from sklearn.metrics import (accuracy_score, f1_score, matthews_corrcoef, precision_score,
-                                 recall_score, roc_auc_score)
+    from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
     try:
         accuracy = accuracy_score(y_true, y_pred)
@@ -89,10 +97,7 @@ def _metrics(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray) -> dict[
         recall = recall_score(y_true, y_pred, zero_division=0)
         f1 = f1_score(y_true, y_pred, zero_division=0)
         two_labels = len(np.unique(y_true)) > 1
-        if two_labels and len(np.unique(y_pred)) > 1:
-            mcc = max(0.0, float(matthews_corrcoef(y_true, y_pred)))
-        else:
-            mcc = 0.0
+        mcc = validator_mcc(y_true, y_pred)  # max(0, MCC) only with two classes on both sides
         auc = float(roc_auc_score(y_true, probs)) if two_labels else 0.0
     except Exception as e:  # noqa: BLE001 - the validator swallows every metric error the same way
         logger.trace(f"metric computation failed ({type(e).__name__}: {e}); all-zero metrics")
@@ -101,13 +106,8 @@ def _metrics(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray) -> dict[
             "f1_score": float(f1), "mcc": float(mcc), "auc": auc}
 
 
-def compute_penalty(prediction: float) -> float:
-    """0 for a prediction outside [0, 1], else 1."""
-    return 0.0 if (prediction < 0.0 or prediction > 1.0) else 1.0
-
-
 def reward(prediction: float, label: int, uid: int, hotkey: str, tracker: MinerPerformanceTracker) -> float:
-    """One response's reward, updating ``tracker`` as the validator does (PROTOCOL §3.2)."""
+    """One response's reward, updating ``tracker`` as the validator does (docs/protocol.md §3.2)."""
     try:
         tracked = tracker.miner_hotkeys
         if uid in tracked and tracked[uid] != hotkey:
@@ -117,8 +117,7 @@ def reward(prediction: float, label: int, uid: int, hotkey: str, tracker: MinerP
         m10 = tracker.get_metrics(uid, window=ACCURACY_WINDOW)
         if prediction == -1:
             return 0.0
-        r = (0.5 * m100["mcc"] + 0.5 * m10["accuracy"]) * compute_penalty(prediction)
-        return float(r ** REWARD_CURVE_EXPONENT)
+        return reward_value(m100["mcc"], m10["accuracy"], compute_penalty(prediction))
     except Exception as e:  # noqa: BLE001
         logger.warning(f"reward computation failed for uid {uid} ({type(e).__name__}: {e}); reward 0")
         return 0.0
@@ -131,7 +130,7 @@ def get_rewards(label: int, predictions: Sequence[float], uids: Sequence[int], h
 
 
 class ScoreVector:
-    """The validator's moving-average score vector (PROTOCOL §3.4)."""
+    """The validator's moving-average score vector (docs/protocol.md §3.4)."""
 
     def __init__(self, n: int = 1, alpha: float = MOVING_AVERAGE_ALPHA):
         self.alpha = alpha

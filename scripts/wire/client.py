@@ -2,7 +2,7 @@
 """Query a miner the way a NATIX validator on bittensor 9.12.x does (run with .venv-wire/bin/python).
 
 This file deliberately imports nothing from natix_miner: it defines ``ImageSynapse`` as the
-upstream subnet code does (PROTOCOL §1) and uses the 9.12.2 dendrite, so it checks the wire from
+upstream subnet code does (docs/protocol.md §1) and uses the 9.12.2 dendrite, so it checks the wire from
 the outside.
 
     .venv-wire/bin/python scripts/wire/client.py --axon 127.0.0.1:8091 --miner-hotkey 5F... \

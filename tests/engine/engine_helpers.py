@@ -9,7 +9,8 @@ from natix_miner.profile import parse_profile
 
 def fake(name: str, **options: Any) -> dict:
     """A fake model entry; keys that are ModelSpec fields are lifted out of ``options``."""
-    spec_keys = {"weight", "device", "memory_mb", "batch_size", "timeout_s", "gated", "noncommercial", "licence"}
+    spec_keys = {"weight", "device", "memory_mb", "batch_size", "timeout_s", "gated", "noncommercial", "licence",
+                 "breaker_failures", "breaker_cooldown_s"}
     spec = {k: options.pop(k) for k in list(options) if k in spec_keys}
     spec.setdefault("licence", "MIT")
     return {"name": name, "type": "fake", "options": options, **spec}

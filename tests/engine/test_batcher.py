@@ -43,18 +43,64 @@ def _wait(out: list[list], timeout: float = 3.0) -> None:
         time.sleep(0.005)
 
 
-def test_requests_within_the_window_are_one_batch():
+def test_a_lone_request_is_dispatched_at_once_when_idle():
+    """With the models idle, a request does not wait for company: even with a one-minute window it is
+    dispatched alone, at once (the batcher records that it did not gather)."""
     rec = Recorder()
-    b = MicroBatcher(rec, max_batch=16, max_wait_ms=100.0).start()
+    b = MicroBatcher(rec, max_batch=16, max_wait_ms=60_000.0).start()
     try:
-        out = _submit_many(b, 10)
-        _wait(out)
-        assert [o for o in out] == [[i * 10] for i in range(10)]
-        assert rec.batches == [list(range(10))]
-        assert b.stats()["batches"] == 1 and b.stats()["mean_batch"] == 10
+        out = _submit_many(b, 1)
+        _wait(out, timeout=10.0)
+        assert out == [[0]] and rec.batches == [[0]]
+        st = b.stats()
+        assert st["immediate"] == 1 and st["gathered"] == 0
+        assert st["last_wait_ms"] < st["max_wait_ms"] / 10  # not the window: drained what was queued
         assert all(name.startswith("batcher-flush") for name in rec.threads)
     finally:
         b.close()
+
+
+class Gated(Recorder):
+    """The first batch blocks until ``gate`` is set (a model busy on a batch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = threading.Event()
+        self.started = threading.Event()
+
+    def __call__(self, batch):
+        if not self.started.is_set():
+            self.started.set()
+            self.gate.wait(5.0)
+        super().__call__(batch)
+
+
+def test_requests_arriving_while_a_batch_runs_are_one_batch():
+    rec = Gated()
+    b = MicroBatcher(rec, max_batch=10, max_wait_ms=5_000.0, workers=2).start()
+    try:
+        first = _submit_many(b, 1)
+        assert rec.started.wait(5.0)
+        rest = [[] for _ in range(10)]
+        for i in range(10):
+            b.submit(Pending(payload=1 + i, deadline=Deadline.after(30.0), deliver=rest[i].append))
+        _wait(rest, timeout=10.0)  # cut at max_batch, long before the 5 s window
+        rec.gate.set()
+        _wait(first)
+        assert rec.batches == [list(range(1, 11)), [0]]  # the second batch finished while the first was held
+        st = b.stats()
+        assert st["immediate"] == 1 and st["gathered"] == 1 and st["mean_batch"] == 5.5
+    finally:
+        rec.gate.set()
+        b.close()
+
+
+def test_knobs_are_checked_at_construction():
+    import pytest
+
+    for kw in ({"max_batch": 0}, {"max_wait_ms": -1.0}, {"workers": 0}):
+        with pytest.raises(ValueError, match="max_batch and workers"):
+            MicroBatcher(lambda batch: None, **kw)
 
 
 def test_max_batch_caps_and_max_batch_one_disables():
@@ -179,5 +225,34 @@ def test_identical_images_in_a_burst_are_computed_once():
         assert all(abs(r.prediction - results[0].prediction) < 1e-12 for r in results)
         assert eng.stats()["deduplicated"] + eng.stats()["cache_hits"] == 9
         assert sum(adapter.batches) == 1
+    finally:
+        eng.close()
+
+
+def test_a_lone_engine_request_does_not_pay_the_batch_window():
+    """With a no-op model and a 5 s batch window, one request is dispatched at once (the batcher's own
+    record says it did not wait for company) and is answered by the model."""
+    import asyncio
+
+    from PIL import Image
+
+    from natix_miner.engine.cascade import CascadeEngine
+    from natix_miner.profile import parse_profile
+
+    prof = parse_profile({"name": "lone", "cache": {"enabled": False},
+                          "batching": {"max_batch": 16, "max_wait_ms": 5000},
+                          "tiers": [{"name": "t", "exit_threshold": 0.6, "models": [
+                              {"name": "m", "type": "fake", "licence": "MIT", "options": {"p": 0.9}}]}]})
+    eng = CascadeEngine(prof, devices=["cpu"])
+    eng.start()
+    try:
+        async def one():
+            return await eng.infer(Image.new("RGB", (16, 16)))
+
+        r = asyncio.run(one())
+        st = eng.stats()["batcher"]
+        assert r.exit_reason == "threshold"
+        assert st["immediate"] == 1 and st["gathered"] == 0
+        assert st["last_wait_ms"] < 500.0  # far from the 5000 ms window
     finally:
         eng.close()

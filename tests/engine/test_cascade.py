@@ -432,12 +432,14 @@ def test_each_request_in_a_batch_keeps_its_own_deadline(grey):
                         batching={"max_batch": 16, "max_wait_ms": 30.0})
     eng = engine_for(prof)
     try:
-        async def main():
-            short = eng.infer(grey, deadline=Deadline.after(0.15))
-            long = eng.infer(grey, deadline=Deadline.after(1.5))
-            return await asyncio.gather(short, long)
+        # one micro-batch holding both requests, as the batcher forms it while the engine is busy
+        from natix_miner.engine.batcher import Pending
 
-        a, b = asyncio.run(main())
+        got: dict[str, object] = {}
+        short = Pending(payload=grey, deadline=Deadline.after(0.15), deliver=lambda r: got.setdefault("a", r))
+        long = Pending(payload=grey, deadline=Deadline.after(1.5), deliver=lambda r: got.setdefault("b", r))
+        eng._process([short, long])
+        a, b = got["a"], got["b"]
         assert adapter(eng, "slow").batches == [2]  # one call for both
         assert a.exit_reason == "deadline" and a.latency_ms < 200
         assert {v.model: v.error for v in a.votes}["slow"] == "deadline"
@@ -477,15 +479,28 @@ def test_adapters_that_accept_a_deadline_get_the_calls_limit():
 
 
 def test_vllm_engines_load_before_in_process_models():
-    """vLLM checks at start that its share of the GPU is free, so its engines load first."""
+    """vLLM checks at start that its share of the GPU is free, so adapters that pre-allocate load first."""
     from types import SimpleNamespace
 
     from natix_miner.engine.cascade import load_order
 
-    def ad(name, type_, engine=None):
-        return ("tier", SimpleNamespace(spec=SimpleNamespace(name=name, type=type_,
-                                                            options={"engine": engine} if engine else {})))
+    def ad(name, pre=False):
+        return ("tier", SimpleNamespace(spec=SimpleNamespace(name=name), preallocates_gpu=pre))
 
-    built = [ad("vit", "hf_classifier"), ad("qwen-local", "vlm", "transformers"), ad("qwen4b", "vlm", "vllm"),
-             ad("owl", "open_vocab_detector"), ad("qwen32b", "vlm", "vllm")]
+    built = [ad("vit"), ad("qwen-local"), ad("qwen4b", True), ad("owl"), ad("qwen32b", True)]
     assert [b[1].spec.name for b in load_order(built)] == ["qwen4b", "qwen32b", "vit", "qwen-local", "owl"]
+
+
+def test_the_vlm_adapter_preallocates_only_with_the_vllm_engine():
+    from natix_miner.models.registry import build_adapter
+    from natix_miner.profile import ModelSpec
+
+    def vlm(engine):
+        opts = {"engine": engine, "family": "qwen2_vl"}
+        if engine == "openai":
+            opts["base_url"] = "http://127.0.0.1:1/v1"
+        return build_adapter(ModelSpec(name=engine, type="vlm", licence="x", model="org/qwen2-vl", options=opts))
+
+    assert vlm("vllm").preallocates_gpu is True
+    assert vlm("transformers").preallocates_gpu is False
+    assert vlm("openai").preallocates_gpu is False

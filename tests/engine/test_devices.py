@@ -120,3 +120,26 @@ def test_record_measured_warns_when_over_budget():
 def test_detect_devices_without_cuda_has_cpu_ram():
     d = detect_devices(cuda=False)
     assert set(d) == {"cpu"} and d["cpu"] > 100
+
+
+def test_resolve_capacities_filters_overrides_and_refuses_missing_devices():
+    from natix_miner.devices import DeviceError, resolve_capacities
+
+    mem = {"cuda:0": 80_000.0, "cuda:1": 80_000.0, "cpu": 64_000.0}
+    assert resolve_capacities(None, mem) == mem
+    assert resolve_capacities(["cuda:1"], mem) == {"cuda:1": 80_000.0, "cpu": 64_000.0}
+    assert resolve_capacities(["cuda"], mem) == mem
+    only_gpu = resolve_capacities(["cpu"], {"cuda:0": 80_000.0})
+    assert set(only_gpu) == {"cpu"} and only_gpu["cpu"] > 0  # the CPU is always there, from the RAM
+    assert set(resolve_capacities(["cpu"])) == {"cpu"}
+    with pytest.raises(DeviceError, match="cuda:99"):
+        resolve_capacities(["cuda:99"])
+
+
+def test_the_engine_reports_a_missing_device_as_an_engine_error():
+    from engine_helpers import fake, make_profile, tier
+
+    from natix_miner.engine.cascade import CascadeEngine, EngineError
+
+    with pytest.raises(EngineError, match="cuda:99"):
+        CascadeEngine(make_profile(tier("t", 0.9, fake("m"))), devices=["cuda:99"]).start()

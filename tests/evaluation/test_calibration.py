@@ -5,7 +5,7 @@ from natix_miner.evaluation import calibration as cal
 
 
 def test_simulated_reward_matches_the_validator_tracker():
-    """Cross-check the O(n) simulation against the replica's tracker (PROTOCOL §3)."""
+    """Cross-check the O(n) simulation against the replica's tracker (docs/protocol.md §3)."""
     from natix_miner.validator.scoring import MinerPerformanceTracker, reward
 
     rng = np.random.default_rng(1)
@@ -19,7 +19,7 @@ def test_simulated_reward_matches_the_validator_tracker():
 def test_perfect_and_constant_answers():
     y = [0, 1] * 50
     assert cal.simulate_reward(y, [float(v) for v in y]) > 0.9
-    # MCC 0, accuracy ~0.5 -> (0.5*0 + 0.5*0.5)^3 ~ 0.016 (PROTOCOL §3.2)
+    # MCC 0, accuracy ~0.5 -> (0.5*0 + 0.5*0.5)^3 ~ 0.016 (docs/protocol.md §3.2)
     assert cal.simulate_reward(y, [0.9] * 100) == pytest.approx(0.25 ** 3, abs=2e-3)
 
 

@@ -1,4 +1,4 @@
-"""scripts/model_card.py: the card of PROTOCOL §4.9, the validators' historical checks, the push (faked)."""
+"""scripts/model_card.py: the card of docs/protocol.md §4.9, the validators' historical checks, the push (faked)."""
 
 import json
 import time

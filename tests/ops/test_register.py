@@ -1,4 +1,4 @@
-"""scripts/register.py against a fake NATIX server on 127.0.0.1 (PROTOCOL §4.8 exit codes)."""
+"""scripts/register.py against a fake NATIX server on 127.0.0.1 (docs/protocol.md §4.8 exit codes)."""
 
 import json
 import threading

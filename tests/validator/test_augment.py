@@ -1,6 +1,6 @@
-"""The port of the validator's ``apply_augmentation_by_level`` (PROTOCOL §2.4).
+"""The port of the validator's ``apply_augmentation_by_level`` (docs/protocol.md §2.4).
 
-Mean-|Δ| table (PROTOCOL §2.4, measured upstream "on the repo sample @224px"):
+Mean-|Δ| table (docs/protocol.md §2.4, measured upstream "on the repo sample @224px"):
 
     code   sev1   sev2
     CS     16.6   19.3

@@ -1,4 +1,4 @@
-"""Challenge sampling (PROTOCOL §2.3) over local labelled folders."""
+"""Challenge sampling (docs/protocol.md §2.3) over local labelled folders."""
 
 from __future__ import annotations
 

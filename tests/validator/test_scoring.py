@@ -1,4 +1,4 @@
-"""The validator's tracker, reward and EMA (PROTOCOL §3), checked against hand/sklearn computations."""
+"""The validator's tracker, reward and EMA (docs/protocol.md §3), checked against hand/sklearn computations."""
 
 from __future__ import annotations
 

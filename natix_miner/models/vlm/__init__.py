@@ -25,39 +25,35 @@ Options common to all engines (engine-specific keys: see each engine module):
   passes no deadline; default the model's ``timeout_s``, else 3 s)
 - ``call_margin_s``: time kept back from the deadline for the engine's own bookkeeping (0.02)
 
-Deadline hook: :meth:`VLMAdapter.predict` takes an optional ``deadline`` (a
-:class:`~natix_miner.engine.deadline.Deadline`); the class declares ``accepts_deadline = True`` so
-the cascade can pass the earliest deadline of the batch. Without it, the yes/no path uses the
-model's ``timeout_s`` and the thinking tier ``thinking_time_s``.
+Deadline hook: :meth:`VLMAdapter.predict` reads the optional ``deadline`` of the adapter contract
+(a :class:`~natix_miner.types.Deadline`: the engine passes the call's limit). Without it, the yes/no path uses
+the model's ``timeout_s`` and the thinking tier ``thinking_time_s``.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
-from loguru import logger
-
-from natix_miner.engine.types import Vote
-from natix_miner.models.base import Adapter, AdapterError
+from natix_miner.models.base import Adapter, AdapterError, OptionsError
 from natix_miner.models.registry import register
 from natix_miner.models.vlm import thinking as th
 from natix_miner.models.vlm.prompts import detect_family, is_thinking_model, yes_no_prompt
 from natix_miner.models.vlm.yesno import p_yes, summarize
+from natix_miner.types import Vote
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
-    from natix_miner.engine.deadline import Deadline
     from natix_miner.models.vlm.engines.base import VLMEngine
+    from natix_miner.types import Deadline
 
 COMMON_KEYS = frozenset({
     "engine", "family", "question", "system", "top_k", "think_tags", "thinking", "max_thinking_tokens",
     "min_thinking_tokens", "s_per_token", "safety_s", "final_step_s", "thinking_time_s", "call_margin_s",
     "min_pixels", "max_pixels", "warmup",
-    # read by the cascade, not by the adapter
-    "breaker_failures", "breaker_cooldown_s",
+    "cpu_ok",  # read by the placement planner (devices.py) for every family
 })
 ENGINE_KEYS = {
     "transformers": frozenset({"dtype", "model_class", "trust_remote_code", "attn_implementation",
@@ -75,10 +71,6 @@ ENGINE_KEYS = {
 
 @register("vlm")
 class VLMAdapter(Adapter):
-    requires: ClassVar[tuple[str, ...]] = ()
-    #: the cascade may call ``predict(images, deadline=...)``
-    accepts_deadline: ClassVar[bool] = True
-
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
         o = dict(spec.options or {})
@@ -87,8 +79,9 @@ class VLMAdapter(Adapter):
             raise AdapterError(f"{spec.name}: options.engine must be one of {', '.join(ENGINE_KEYS)}, "
                                f"got {self.engine_name!r}")
         unknown = set(o) - COMMON_KEYS - ENGINE_KEYS[self.engine_name]
-        if unknown:
-            logger.warning(f"{spec.name}: options not used by the vlm/{self.engine_name} adapter: {sorted(unknown)}")
+        if unknown:  # a typo: the engine's loader refuses to start, naming the file and key
+            raise OptionsError(spec.name, f"options.{sorted(unknown)[0]}",
+                               f"not an option of the vlm/{self.engine_name} adapter (unknown: {sorted(unknown)})")
         if not spec.model:
             raise AdapterError(f"{spec.name}: a vlm model needs `model:` (hub id, local folder, or the served name)")
         self.model_ref = self.resolve(spec.model)
@@ -113,6 +106,11 @@ class VLMAdapter(Adapter):
         self.final_latency = th.LatencyEMA()
         self.engine: "VLMEngine | None" = None
         self.last_budget: int | None = None  # reasoning tokens granted on the last thinking call
+
+    @property
+    def preallocates_gpu(self) -> bool:  # type: ignore[override]
+        """A vLLM engine reserves its GPU share at start, so it loads before in-process models."""
+        return self.engine_name == "vllm"
 
     # ------------------------------------------------------------------------------ lifecycle
     def make_engine(self, device: str) -> "VLMEngine":
