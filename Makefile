@@ -10,7 +10,7 @@ CHALLENGES ?= 60
 export HF_HUB_OFFLINE ?= 1
 export YOLO_OFFLINE ?= 1
 
-.PHONY: venv dry-run test test-fast wire-venv bench soak doctor clean-venv
+.PHONY: venv dry-run test test-fast lint wire-venv bench soak doctor clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,13 @@ venv: $(STAMP)
 dry-run: venv
 	$(VPY) scripts/dry_run.py --challenges $(CHALLENGES) --report reports/dry_run.json
 
-test: venv
+test: venv lint
 	$(VPY) -m pytest
+
+# layer contracts (.importlinter) and ruff (ruff.toml) on the package; part of make test and CI
+lint: venv
+	$(VENV)/bin/ruff check natix_miner
+	$(VENV)/bin/lint-imports
 
 test-fast: venv
 	$(VPY) -m pytest -m "not wire and not slow"

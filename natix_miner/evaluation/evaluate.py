@@ -111,7 +111,7 @@ def run_evaluation(images_dir: str | Path, profile_path: str | Path | None, *, c
         records_out.extend(records)
     report = summarize(records, profile_name=profile.name, condition=condition, wall_s=wall)
     report["images"] = str(images_dir)
-    from natix_miner.datagen.sources import per_condition  # SOURCES.tsv `kind` (issue 15)
+    from natix_miner.evaluation.conditions import per_condition  # SOURCES.tsv `kind`
 
     if (pc := per_condition(images_dir, records)) is not None:
         report["per_condition"] = pc

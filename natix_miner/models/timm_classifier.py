@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from loguru import logger
 
-from natix_miner.engine.types import Vote
 from natix_miner.models import _torch_utils as tu
 from natix_miner.models.base import Adapter, AdapterError
 from natix_miner.models.registry import register
+from natix_miner.types import Vote
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -47,7 +47,7 @@ class TimmClassifierAdapter(Adapter):
         self.temperature = 1.0
 
     def load(self, device: str) -> None:
-        from natix_miner.training.export import ExportError, load_export
+        from natix_miner.models.export_format import ExportError, load_export
 
         device = tu.resolve_device(self.name, device)
         self.dtype = tu.resolve_dtype(self.name, self.spec.options.get("dtype"), device, default_cuda="bf16")
@@ -77,7 +77,7 @@ class TimmClassifierAdapter(Adapter):
 
     @torch.inference_mode()
     def logits(self, images: list[Image.Image]) -> list[float]:
-        from natix_miner.training.transforms import model_input, normalise
+        from natix_miner.models.export_format import model_input, normalise
 
         if self.model is None:
             raise AdapterError(f"{self.name}: predict before load")

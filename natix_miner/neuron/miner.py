@@ -29,8 +29,13 @@ from loguru import logger
 from natix_miner import __version__
 from natix_miner.engine.consensus import finalize
 from natix_miner.neuron.admission import CHEAP, Admission, SingleFlight
-from natix_miner.neuron.blacklist import (BlacklistPolicy, RateLimiter, caller_priority, check_caller,
-                                           has_validator_permit)
+from natix_miner.neuron.blacklist import (
+    BlacklistPolicy,
+    RateLimiter,
+    caller_priority,
+    check_caller,
+    has_validator_permit,
+)
 from natix_miner.neuron.chain import ChainSnapshot
 from natix_miner.neuron.config import MinerConfig
 from natix_miner.protocol import ExtendedImageSynapse, ImageSynapse

@@ -20,11 +20,7 @@ from typing import Any
 
 import numpy as np
 
-FORMAT = "natix-miner-binary-classifier/1"
-
-
-class ExportError(ValueError):
-    """A folder that is not a loadable export."""
+from natix_miner.models.export_format import FORMAT, ExportError, load_export, read_config  # noqa: F401
 
 
 def fit_temperature(logits, labels, max_iter: int = 100) -> float:
@@ -71,30 +67,6 @@ def write_export(out_dir: str | Path, model: Any, *, resize: str, temperature: f
                                                      "licence": config.get("licence", "unknown"), **card},
                                                     indent=2, default=str))
     return out
-
-
-def read_config(folder: str | Path) -> dict[str, Any]:
-    folder = Path(folder)
-    path = folder / "config.json"
-    if not path.is_file() or not (folder / "model.safetensors").is_file():
-        raise ExportError(f"{folder}: not a training export (needs config.json and model.safetensors; "
-                          "make one with scripts/train.py)")
-    config = json.loads(path.read_text())
-    if config.get("format") != FORMAT:
-        raise ExportError(f"{path}: format {config.get('format')!r} is not {FORMAT!r}")
-    return config
-
-
-def load_export(folder: str | Path, device: str = "cpu"):
-    """``(model, config)``: the exported network in eval mode on ``device``; never downloads."""
-    from safetensors.torch import load_file
-
-    from natix_miner.training.models import build_from_spec
-
-    config = read_config(folder)
-    model = build_from_spec(config)
-    model.load_state_dict(load_file(str(Path(folder) / "model.safetensors")), strict=True)
-    return model.eval().to(device), config
 
 
 def profile_snippet(folder: str | Path, name: str = "finetune") -> str:

@@ -28,11 +28,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from natix_miner.models.export_format import RESIZE_MODES, letterbox, model_input, normalise  # noqa: F401
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 CONDITIONS = ("fullres", "letterbox-2026-04", "aug-2026-01")
-RESIZE_MODES = ("squash", "letterbox")
 DEFAULT_MIX = "fullres=0.5,aug-2026-01=0.35,letterbox-2026-04=0.15"
 
 
@@ -56,16 +57,6 @@ def parse_mix(text: str) -> dict[str, float]:
     return {k: v / total for k, v in mix.items()}
 
 
-def letterbox(image: Image.Image, side: int) -> Image.Image:
-    """Fit inside ``side``×``side`` keeping the aspect ratio, pad black, centred."""
-    im = image.convert("RGB") if image.mode != "RGB" else image
-    scale = side / max(im.size)
-    w, h = max(1, round(im.width * scale)), max(1, round(im.height * scale))
-    canvas = Image.new("RGB", (side, side), (0, 0, 0))
-    canvas.paste(im.resize((w, h), Image.BILINEAR), ((side - w) // 2, (side - h) // 2))
-    return canvas
-
-
 def apply_condition(image: Image.Image, condition: str, rng: np.random.Generator) -> Image.Image:
     """What a validator of that period makes of ``image`` (before its JPEG encoding)."""
     if condition == "fullres":
@@ -85,24 +76,6 @@ def jpeg(image: Image.Image, quality: int = 75) -> Image.Image:
     image.save(buf, format="JPEG", quality=int(quality))
     buf.seek(0)
     return Image.open(buf).convert("RGB")
-
-
-def model_input(image: Image.Image, size: int, mode: str = "squash") -> Image.Image:
-    """The ``size``×``size`` RGB image the network sees."""
-    if mode == "letterbox":
-        return letterbox(image, size)
-    if mode != "squash":
-        raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
-    im = image.convert("RGB") if image.mode != "RGB" else image
-    return im if im.size == (size, size) else im.resize((size, size), Image.BILINEAR)
-
-
-def normalise(image: Image.Image, mean, std) -> torch.Tensor:
-    """RGB PIL -> (3, H, W) float tensor, ``(x/255 - mean) / std``."""
-    import torch
-
-    arr = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    return (arr - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
 @dataclass

@@ -41,8 +41,14 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from loguru import logger
 
-from natix_miner.validator.challenges import (CONDITION_AUG, CONDITION_FULLRES, CONDITIONS, Challenge, ImageSource,
-                                              iter_challenges)
+from natix_miner.validator.challenges import (
+    CONDITION_AUG,
+    CONDITION_FULLRES,
+    CONDITIONS,
+    Challenge,
+    ImageSource,
+    iter_challenges,
+)
 from natix_miner.validator.organic import ORGANIC_CONDITION, PeerModel, consensus_label, summarize_organic
 from natix_miner.validator.scoring import MinerPerformanceTracker, ScoreVector, reward
 
