@@ -97,12 +97,13 @@ def views_from_224(path, samples, size: int):
     by_key = {s.key: s for s in samples}
     out = {}
     with np.load(path) as z:
+        x = z["x"]  # read once: each z["x"] decompresses the whole array again
         for i, k in enumerate(z["keys"]):
             key, view = str(k).split("|", 1)
             if view == "full":
                 out[(key, view)] = np.asarray(model_input(load_image(by_key[key]), size, "squash"), dtype=np.uint8)
             else:
-                out[(key, view)] = np.asarray(Image.fromarray(z["x"][i]).resize((size, size), Image.BILINEAR))
+                out[(key, view)] = np.asarray(Image.fromarray(x[i]).resize((size, size), Image.BILINEAR))
     return out
 
 
@@ -181,7 +182,8 @@ def main(argv=None):
     base = Path(tempfile.gettempdir()) / f"lite0-ft-views-224-{args.seed}.npz"
     if cache.is_file():
         with np.load(cache) as z:
-            arrays = {tuple(str(k).split("|", 1)): z["x"][i] for i, k in enumerate(z["keys"])}
+            x = z["x"]  # read once: each z["x"] decompresses the whole array again
+            arrays = {tuple(str(k).split("|", 1)): x[i] for i, k in enumerate(z["keys"])}
     elif base.is_file():  # crops are 224x224 already: squashing the cached crop is what model_input does
         arrays = views_from_224(base, samples, args.image_size)
     else:
