@@ -57,6 +57,8 @@ class FitResult:
     stopped_early: bool
     skipped: list[str] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
+    # validation logits of the best weights (rank 0): (logits, readable samples, skipped keys)
+    best_val: tuple[np.ndarray, list[Any], list[str]] | None = None
 
 
 def oom_message(cfg: TrainConfig) -> str:
@@ -90,7 +92,7 @@ def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
 def loader(ds: ImageDataset, cfg: TrainConfig, sampler=None, batch_size: int | None = None) -> DataLoader:
     return DataLoader(ds, batch_size=batch_size or cfg.batch_size, sampler=sampler, shuffle=False,
                       num_workers=cfg.workers, collate_fn=collate, persistent_workers=False,
-                      pin_memory=False)
+                      pin_memory=cfg.device.startswith("cuda") and torch.cuda.is_available())
 
 
 @torch.inference_mode()
@@ -151,6 +153,8 @@ def fit(cfg: TrainConfig, model: BinaryClassifier, train: Sequence[Any], val: Se
     from torch.nn.parallel import DistributedDataParallel
 
     run_dir = Path(run_dir)
+    if device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True  # fixed square inputs: let cuDNN pick its fastest kernels
     last = run_dir / "checkpoints" / "last.pt"
     spec = transform_spec(cfg, model)
     if cfg.freeze_backbone:
@@ -164,7 +168,9 @@ def fit(cfg: TrainConfig, model: BinaryClassifier, train: Sequence[Any], val: Se
         g["lr"] = cfg.lr * g.get("lr_scale", 1.0)
     opt = torch.optim.AdamW(groups, lr=cfg.lr)
     ds = ImageDataset(train, api.load_image, spec, train=True, seed=cfg.seed, unreadable=api.unreadable)
-    weights = api.sampling_weights(list(train), class_balanced=True) if cfg.class_balanced else None
+    weights = api.sampling_weights(list(train), class_balanced=cfg.class_balanced)
+    if not cfg.class_balanced and len(set(weights)) <= 1:
+        weights = None  # uniform: a permutation per epoch (no repeats) instead of draws with replacement
     sampler = EpochSampler(len(train), weights=weights, rank=dist_env.rank, world_size=dist_env.world_size,
                            seed=cfg.seed)
     batches = -(-len(sampler) // cfg.batch_size)
@@ -229,8 +235,9 @@ def fit(cfg: TrainConfig, model: BinaryClassifier, train: Sequence[Any], val: Se
                         if batch["n"]:
                             logits = net(batch["x"].to(device, non_blocking=True)).float()
                             loss = loss_fn(logits, batch["target"].to(device))
-                        else:  # every image of the batch unreadable: a zero loss keeps DDP ranks in step
-                            loss = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+                        else:  # every image unreadable: a zero loss through the (DDP) forward keeps ranks in step
+                            blank = torch.zeros(1, 3, model.image_size, model.image_size, device=device)
+                            loss = net(blank).float().sum() * 0.0
                     (loss / cfg.grad_accum).backward()
             except torch.cuda.OutOfMemoryError as e:
                 raise TrainingError(oom_message(cfg)) from e
@@ -289,15 +296,16 @@ def _improve_on_val(cfg, model, ema, val, spec, api, device, dist_env, res: FitR
     improved = False
     if dist_env.main:
         module = ema.module if ema is not None else model
-        metric = None
+        metric, scored = None, None
         if val:
-            logits, kept, _ = predict_logits(module, val, spec, api, cfg, device)
-            metric = score(api, logits, kept)
+            scored = predict_logits(module, val, spec, api, cfg, device)
+            metric = score(api, scored[0], scored[1])
         if metric is None or res.best_metric is None or metric > res.best_metric:  # no usable validation split: the latest weights are the best
             improved = True
         if improved:
             res.best_metric, res.best_epoch = metric if metric is not None else res.best_metric, epoch
             res.best_state = _cpu_state(module)
+            res.best_val = scored
         res.history.append({"step": res.step, "epoch": epoch, "val_mcc_balanced": metric})
         log.log({"val/mcc_balanced": metric}, res.step)
         logger.info("epoch {}: step {}, val MCC@50/50 {} (best {} at epoch {})", epoch + 1, res.step,

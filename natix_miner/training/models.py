@@ -104,19 +104,34 @@ class BinaryClassifier(nn.Module):
         return self.net(x)[:, 0]
 
     # -- parameters ----------------------------------------------------------------------
-    def head_parameters(self) -> list[nn.Parameter]:
+    frozen: bool = False
+
+    def head(self) -> nn.Module:
         if self.kind == "hf":
             head = getattr(self.net, "classifier", None)
             if head is None:
                 raise ModelError(f"{self.name}: transformers model has no .classifier to keep trainable")
-            return list(head.parameters())
-        return list(self.net.get_classifier().parameters())
+            return head
+        return self.net.get_classifier()
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.head().parameters())
 
     def freeze_backbone(self) -> None:
-        """Only the classifier learns (frozen-feature head training as a mode of the same loop)."""
+        """Only the classifier learns (frozen-feature head training as a mode of the same loop): the backbone's
+        parameters stop taking gradients and it stays in eval mode (BatchNorm statistics and dropout frozen)."""
         keep = {id(p) for p in self.head_parameters()}
         for p in self.net.parameters():
             p.requires_grad_(id(p) in keep)
+        self.frozen = True
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> BinaryClassifier:
+        super().train(mode)
+        if self.frozen:
+            self.net.eval()
+            self.head().train(mode)
+        return self
 
     def param_groups(self, weight_decay: float, layer_decay: float | None) -> list[dict[str, Any]]:
         """AdamW groups; with ``layer_decay`` each group carries ``lr_scale`` = decay^(depth from the top).

@@ -5,10 +5,11 @@ Splits (all grouped: frames of one video, near-duplicates, an i2i image and its 
 * without ``cv_folds``: ``test_frac`` of the data is held out (``OUT/metrics.json`` only, never used to pick
   anything); of the rest, ``val_frac`` is the validation split (early stopping, threshold at the validators'
   50/50 balance, temperature); the remainder trains.
-* with ``cv_folds`` K > 1: each of K grouped folds is the test part once (its own validation split is carved
-  from its training part); ``metrics.json`` reports the pooled out-of-fold scores (each fold's scores shifted
-  by its own temperature and threshold, so they pool at 0.5) and every fold. Then a final model trains on all
-  data but a validation split, and is exported.
+* with ``cv_folds`` K > 1: :func:`natix_miner.training.cv.nested_cv` (``inner="holdout"``), the protocol
+  train_head uses: each of K grouped folds is the test part once; a grouped carve-out of ``val_frac`` of its
+  training part early-stops the fit and picks the fold's threshold; the fold's scores are remapped so that
+  threshold sits at 0.5 and pooled. ``metrics.json`` reports the pooled out-of-fold metrics. Then a final model
+  trains on all data but a validation split, and is exported.
 
 Only rank 0 evaluates, writes metrics and exports; every rank trains.
 """
@@ -25,17 +26,19 @@ import numpy as np
 from loguru import logger
 
 from natix_miner.training.config import TrainConfig
-from natix_miner.training.distributed import DistEnv, barrier, setup, teardown
+from natix_miner.training.distributed import (
+    DistEnv,
+    barrier,
+    broadcast,
+    setup,
+    teardown,
+)
 
 
 def data_modules():
-    """(data, splits, metrics) modules of the shared contract; the private stand-in until they exist."""
-    try:
-        from natix_miner.training import data, metrics, splits
-    except ImportError:  # pragma: no cover - until the train-data branch is merged
-        from natix_miner.training import _standin as data
+    """(data, splits, metrics) modules of the shared contract (imported when a run starts)."""
+    from natix_miner.training import data, metrics, splits
 
-        return data, data, data
     return data, splits, metrics
 
 
@@ -127,9 +130,10 @@ def _train_one(cfg: TrainConfig, train_all, test, splits_mod, api, dist_env: Dis
     from natix_miner.training.models import build_model
 
     train, val = splits_mod.grouped_split(train_all, cfg.val_frac, cfg.seed + 1)
-    for part, name in ((train, "training"), ):
-        if len({s.label for s in part}) < 2:
-            raise ValueError(f"the {name} split lacks a class; lower --val-frac/--test-frac or add data")
+    if len({s.label for s in train}) < 2:
+        from natix_miner.training.loop import TrainingError
+
+        raise TrainingError("the training split lacks a class; lower --val-frac/--test-frac or add data")
     logger.info("{}: {} train, {} validation, {} test samples", run_dir, len(train), len(val), len(test))
     model = build_model(cfg.model, pretrained=cfg.pretrained, image_size=cfg.image_size)
     res = fit(cfg, model, train, val, run_dir, api, dist_env, device)
@@ -139,7 +143,7 @@ def _train_one(cfg: TrainConfig, train_all, test, splits_mod, api, dist_env: Dis
     model.eval()
     temperature, threshold, val_skipped = 1.0, 0.5, []
     if val:
-        z_val, kept_val, val_skipped = _scores(model, val, cfg, api, device)
+        z_val, kept_val, val_skipped = res.best_val or _scores(model, val, cfg, api, device)
         y_val = np.array([s.label for s in kept_val])
         temperature = fit_temperature(z_val, y_val)
         if len(set(y_val.tolist())) == 2:
@@ -161,9 +165,6 @@ def _train_one(cfg: TrainConfig, train_all, test, splits_mod, api, dist_env: Dis
                 "best_val_mcc_balanced": res.best_metric, "best_epoch": res.best_epoch + 1,
                 "epochs_run": res.epochs_run, "steps": res.step, "stopped_early": res.stopped_early,
                 "history": res.history})
-    out["_logits"] = {"z": z_test.tolist(), "y": [s.label for s in kept_test], "T": temperature, "thr": threshold,
-                      "sources": [s.source for s in kept_test],
-                      "conditions": [getattr(s, "condition", "real") for s in kept_test]}
     if export:
         card = {"data": list(cfg.data), "metrics": {k: out.get(k) for k in ("n", "mcc", "mcc_balanced", "accuracy",
                                                                               "auc", "reward")},
@@ -172,47 +173,68 @@ def _train_one(cfg: TrainConfig, train_all, test, splits_mod, api, dist_env: Dis
         folder = write_export(Path(cfg.out) / "model", model, resize=cfg.resize, temperature=temperature,
                               threshold=threshold, card=card)
         print(f"# profile snippet for {folder}\n{profile_snippet(folder)}")
-    out.pop("_logits") if export else None
     return out
 
 
 def _cross_validate(cfg: TrainConfig, samples, splits_mod, api, dist_env, device, out: Path) -> dict[str, Any]:
-    from natix_miner.training.export import calibrated
+    """:func:`natix_miner.training.cv.nested_cv` with ``inner="holdout"``: per outer fold one fit on the training
+    part minus a grouped carve-out of ``val_frac``; the carve-out early-stops and picks the threshold."""
+    from natix_miner.training.cv import ViewScores, nested_cv
+    from natix_miner.training.loop import fit
+    from natix_miner.training.models import build_model
 
-    folds = splits_mod.grouped_folds(samples, cfg.cv_folds, cfg.seed)
-    per_fold, z_all, y_all, src_all, cond_all = [], [], [], [], []
-    for i, (train_all, test) in enumerate(folds):
+    calls = {"n": 0}
+    skipped_keys: set[str] = set()
+
+    def fit_predict(train, eval_sets):
+        i = calls["n"]
+        calls["n"] += 1
         fold_dir = out / "cv" / f"fold{i}"
-        done = fold_dir / "fold.json"
+        done = fold_dir / "scores.json"
         if cfg.resume and done.is_file():
-            res = json.loads(done.read_text())
-            logger.info("fold {}: done before ({}), reusing", i, done)
-        else:
-            fold_cfg = cfg.model_copy(update={"out": str(fold_dir), "wandb_project": None})
-            res = _train_one(fold_cfg, train_all, test, splits_mod, api, dist_env, device, fold_dir, export=False)
-            if dist_env.main:
-                fold_dir.mkdir(parents=True, exist_ok=True)
-                done.write_text(json.dumps(res, default=_json))
-        if not dist_env.main:
-            continue
-        lg = res.pop("_logits")
-        res.pop("history", None)
-        per_fold.append(res)
-        # each fold's decision, shifted so that it falls at 0.5: sigmoid(z/T - logit(thr))
-        p = calibrated(lg["z"], lg["T"])
-        thr = min(max(lg["thr"], 1e-6), 1 - 1e-6)
-        z_all += (np.log(np.clip(p, 1e-12, 1)) - np.log(np.clip(1 - p, 1e-12, 1)) - np.log(thr / (1 - thr))).tolist()
-        y_all += lg["y"]
-        src_all += lg["sources"]
-        cond_all += lg["conditions"]
+            logger.info("fold {}: done before ({}), reusing its scores", i, done)
+            got = json.loads(done.read_text())
+            return [ViewScores(g["rows"], ["full"] * len(g["rows"]), g["scores"]) for g in got]
+        fold_cfg = cfg.model_copy(update={"out": str(fold_dir), "wandb_project": None})
+        val = eval_sets[0] if len(eval_sets) > 1 else []
+        model = build_model(cfg.model, pretrained=cfg.pretrained, image_size=cfg.image_size)
+        res = fit(fold_cfg, model, train, val, fold_dir, api, dist_env, device)
+        got = []
+        if dist_env.main:
+            model.load_state_dict(res.best_state)
+            skipped_keys.update(res.skipped)
+            for j, part in enumerate(eval_sets):
+                reuse = j == 0 and val and res.best_val is not None  # the carve-out, scored when it was best
+                z, kept, sk = res.best_val if reuse else _scores(model, part, cfg, api, device)
+                skipped_keys.update(sk)
+                pos = {s.key: j for j, s in enumerate(part)}
+                got.append({"rows": [pos[s.key] for s in kept], "scores": (1 / (1 + np.exp(-z))).tolist()})
+            fold_dir.mkdir(parents=True, exist_ok=True)
+            done.write_text(json.dumps(got))
+        got = broadcast(dist_env, got)
+        return [ViewScores(g["rows"], ["full"] * len(g["rows"]), g["scores"]) for g in got]
+
+    result = nested_cv(samples, fit_predict, folds=cfg.cv_folds, repeats=1, seed=cfg.seed, inner="holdout",
+                       holdout_frac=cfg.val_frac or 0.2)
+    report = result.report(samples)
     final_cfg = cfg.model_copy(update={"test_frac": 0.0})
     final = _train_one(final_cfg, samples, [], splits_mod, api, dist_env, device, out / "final", export=True)
     if not dist_env.main:
         return {}
-    pooled = api.evaluate_scores(np.array(y_all), calibrated(z_all, 1.0), 0.5, sources=src_all, conditions=cond_all)
-    pooled.update({"split": f"grouped {cfg.cv_folds}-fold CV, out-of-fold, threshold per fold on its validation split",
-                   "folds": per_fold, "final_model": {k: final.get(k) for k in ("threshold", "temperature", "n_train",
-                                                                                  "n_val", "best_val_mcc_balanced",
-                                                                                  "epochs_run", "steps", "skipped")}})
-    pooled["skipped"] = {"folds": [f.get("skipped", {}) for f in per_fold], "final": final.get("skipped")}
+    pooled = dict(report["metrics"])
+    card_path = out / "model" / "model_card.json"  # the exported model's card carries the CV metrics
+    card = json.loads(card_path.read_text())
+    card["metrics"] = {k: pooled.get(k) for k in ("n", "mcc", "mcc_balanced", "accuracy", "auc", "reward")}
+    card["metrics_split"] = (f"nested grouped {cfg.cv_folds}-fold CV of the same recipe (out-of-fold); the exported "
+                             "model is the final fit on all data but its validation split")
+    card_path.write_text(json.dumps(card, indent=2, default=_json))
+    pooled.update({"split": f"nested grouped {cfg.cv_folds}-fold CV (natix_miner.training.cv, inner holdout of "
+                            f"{cfg.val_frac or 0.2}): out-of-fold scores, each fold's threshold from its carve-out",
+                   "cv": {k: v for k, v in report.items() if k != "metrics"},
+                   "threshold": final.get("threshold"), "temperature": final.get("temperature"),
+                   "skipped": {"cv": len(skipped_keys), "final": final.get("skipped"),
+                               "keys": sorted(skipped_keys)[:100]},
+                   "final_model": {k: final.get(k) for k in ("threshold", "temperature", "n_train", "n_val",
+                                                             "best_val_mcc_balanced", "epochs_run", "steps",
+                                                             "skipped", "history")}})
     return pooled
