@@ -15,8 +15,9 @@ Local checks (``--skip-network`` runs only these):
 * **weights** — every model's weights are a local file or in the Hugging Face cache (nothing is
   downloaded at run time).
 * **miner port** — something accepts TCP connections on ``127.0.0.1:<axon.port>``.
-* **model card** — with ``--model-dir``, ``model_card.json`` passes the validators' historical rules
-  (PROTOCOL §4.9); otherwise a reminder.
+* **model card** — optional: upstream removed the model-card and NATIX-registration requirement
+  (2025-11-30). With ``--model-dir``, ``model_card.json`` is checked against the historical rules for those
+  who publish a model anyway; otherwise SKIP.
 
 Network checks:
 
@@ -30,23 +31,22 @@ Network checks:
   chain endpoint. Validators' requests carry a nanosecond nonce that the axon rejects when older
   than 4 s + timeout (9 s): skew > 2 s is a WARN, > 13 s a FAIL.
 * **validators active** — permit holders whose ``last_update`` is within ``--active-blocks`` blocks.
-* **subnet halt** — when most active validator stake puts its weight on UID 0, validators "burn"
-  and skip the forward pass (PROTOCOL §10): WARN "subnet halted".
+* **subnet halt** — upstream halts the subnet by burning: validators put all their weight on the subnet
+  **owner's UID** (the UID of ``get_subnet_owner_hotkey(netuid)``) and skip the forward pass (PROTOCOL §12).
+  When most active validator stake puts its weight there: WARN "subnet halted".
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
-import socket
 import stat
-import struct
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from natix_miner.ops import probes
+from natix_miner.ops.probes import NTP_EPOCH_OFFSET, http_date_offset, sntp_offset, tcp_connect  # noqa: F401
 from natix_miner.ops.wallet_files import WalletFiles, read_hotkey_ss58
 
 PASS, WARN, FAIL, SKIP, INFO = "PASS", "WARN", "FAIL", "SKIP", "INFO"
@@ -55,9 +55,8 @@ NONCE_DELTA_S = 4.0  # bittensor axon ALLOWED_DELTA
 VALIDATOR_TIMEOUT_S = 9.0  # PROTOCOL §2.5
 CLOCK_WARN_S = 2.0
 CLOCK_FAIL_S = NONCE_DELTA_S + VALIDATOR_TIMEOUT_S
-BURN_ROW_SHARE = 0.9  # a validator "burns" when >= 90 % of its weight goes to UID 0
+BURN_ROW_SHARE = 0.9  # a validator "burns" when >= 90 % of its weight goes to the owner's UID
 BURN_STAKE_SHARE = 0.5  # the subnet is "halted" when burners hold >= half the active validator stake
-NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
 
 
 @dataclass
@@ -175,36 +174,21 @@ def check_placement(profile: Any, devices: dict[str, float], free_mb: dict[str, 
     return CheckResult(name, status, detail, fix)
 
 
-_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-_FILE_EXT_RE = re.compile(r"\.(pt|pth|onnx|engine|plan|safetensors|bin|npz|npy|json|ya?ml|pkl|joblib|ckpt|gguf)$", re.I)
-_WEIGHT_OPTION_KEYS = ("weights", "head", "checkpoint", "path", "model_path")
-
-
-def _weight_refs(spec: Any) -> list[tuple[str, str]]:
-    refs: list[tuple[str, str]] = []
-    if isinstance(spec.model, str) and spec.model:
-        refs.append(("model", spec.model))
-    for k in _WEIGHT_OPTION_KEYS:
-        v = (spec.options or {}).get(k)
-        if isinstance(v, str) and v:
-            refs.append((f"options.{k}", v))
-    return refs
-
-
 def check_weights(profile: Any, cached_repos: set[str] | None) -> CheckResult:
+    from natix_miner.neuron.startup import looks_local, weight_refs
+
     """Every enabled model's ``model`` (and weight-like options) is a local path or a cached hub repo."""
     name = "weights"
     missing: list[str] = []
     found: list[str] = []
     repos_to_fetch: list[str] = []
     for _, spec in profile.models():
-        for key, ref in _weight_refs(spec):
+        for key, ref in weight_refs(spec):
             local = Path(profile.resolve_path(ref)).expanduser()
             if local.exists():
                 found.append(f"{spec.name}: {local}")
                 continue
-            looks_local = ref.startswith((".", "/", "~")) or bool(_FILE_EXT_RE.search(ref)) or not _HUB_ID_RE.match(ref)
-            if looks_local:
+            if looks_local(ref):
                 missing.append(f"{spec.name}.{key}: file {ref} not found")
             elif cached_repos is None:
                 missing.append(f"{spec.name}.{key}: {ref} (Hugging Face cache could not be read)")
@@ -214,10 +198,11 @@ def check_weights(profile: Any, cached_repos: set[str] | None) -> CheckResult:
                 missing.append(f"{spec.name}.{key}: hub repo {ref} not in the Hugging Face cache")
                 repos_to_fetch.append(ref)
     if missing:
-        fix = "download once with internet access"
+        src = getattr(profile, "source", None) or "configs/<profile>.yaml"
+        fix = (f"download once with internet access: .venv/bin/python scripts/download_models.py --profile {src}"
+               " (the miner never downloads at run time)")
         if repos_to_fetch:
-            fix += ": " + "; ".join(f"huggingface-cli download {r}" for r in repos_to_fetch)
-        fix += " (the miner never downloads at run time)"
+            fix += "; or per repo: " + "; ".join(f"huggingface-cli download {r}" for r in repos_to_fetch)
         return CheckResult(name, FAIL, "; ".join(missing), fix)
     if not found:
         return CheckResult(name, PASS, "no model of the profile needs weight files (packaged or built-in)")
@@ -232,7 +217,8 @@ def check_local_listener(port: int, connect: Callable[[str, int, float], bool]) 
         except OSError:
             continue
     return CheckResult("miner port", WARN, f"nothing listens on port {port} on this machine",
-                       "start the miner (pm2 start ecosystem.config.js / make run) or pass the right --axon.port")
+                       "start the miner (pm2 start ecosystem.config.js, or .venv/bin/python neurons/miner.py with the same "
+                       "flags) or pass the right --axon.port")
 
 
 def check_model_card(model_dir: str | None, hotkey: str | None, model_repo: str | None = None,
@@ -240,8 +226,8 @@ def check_model_card(model_dir: str | None, hotkey: str | None, model_repo: str 
     from natix_miner.ops.model_card import CARD_FILENAME, sanitize_repo_id, validate_card
 
     name = "model card"
-    how = ("scripts/model_card.py --model-dir DIR --name NAME --version 1.0.0 --wallet.name W --wallet.hotkey H "
-           "--push user/repo, then scripts/register.py --uid U --model-repo user/repo")
+    how = ("optional: .venv/bin/python scripts/model_card.py --model-dir DIR --name NAME --version 1.0.0 "
+           "--wallet.name W --wallet.hotkey H --push user/repo")
     repo_note = ""
     if model_repo:
         try:
@@ -249,9 +235,8 @@ def check_model_card(model_dir: str | None, hotkey: str | None, model_repo: str 
         except ValueError as e:
             return CheckResult(name, FAIL, str(e), "use the form user/repo")
     if not model_dir:
-        return CheckResult(name, INFO, "NATIX requires a public Hugging Face repo with a root model_card.json whose "
-                           "submitted_by is this hotkey, registered with the NATIX server (PROTOCOL §4.9)" + repo_note,
-                           how)
+        return CheckResult(name, SKIP, "optional: validators no longer require a model card or a NATIX registration "
+                           "(removed upstream 2025-11-30); pass --model-dir to check one you publish" + repo_note)
     path = Path(model_dir) / CARD_FILENAME
     if not path.exists():
         return CheckResult(name, FAIL, f"{path} not found", how)
@@ -265,7 +250,7 @@ def check_model_card(model_dir: str | None, hotkey: str | None, model_repo: str 
     if errors:
         return CheckResult(name, FAIL, f"{path}: " + "; ".join(errors), how)
     return CheckResult(name, PASS, f"{path}: {card['model_name']} {card['version']} by {card['submitted_by']}"
-                       + repo_note + "; publish it and register with scripts/register.py")
+                       + repo_note + " (optional; validators do not check it)")
 
 
 # ---------------------------------------------------------------------------------------------- network checks
@@ -392,10 +377,14 @@ def check_validators_active(mg: Any, max_age_blocks: int = 1000) -> CheckResult:
                        f"{max_age_blocks} blocks (block {block})")
 
 
-def check_burn(mg: Any, max_age_blocks: int = 1000) -> CheckResult:
-    """WARN when the active validators' stake mostly sends its weight to UID 0 (the 2026-05 "burn")."""
+def check_burn(mg: Any, owner_uid: int | None, max_age_blocks: int = 1000) -> CheckResult:
+    """WARN when the active validators' stake mostly sends its weight to the subnet owner's UID (the "burn")."""
     name = "subnet halt"
     import numpy as np
+
+    if owner_uid is None:
+        return CheckResult(name, SKIP, "the subnet owner's hotkey is unknown or not in the metagraph")
+    o = int(owner_uid)
 
     W = _arr(getattr(mg, "W", None))
     if W is None or W.ndim != 2 or W.size == 0:
@@ -405,138 +394,31 @@ def check_burn(mg: Any, max_age_blocks: int = 1000) -> CheckResult:
     rows = [i for i in active if i < W.shape[0] and float(np.sum(W[i])) > 0]
     if not rows:
         return CheckResult(name, SKIP, "no active validator has set weights")
-    burners = [i for i in rows if float(W[i, 0]) / float(np.sum(W[i])) >= BURN_ROW_SHARE]
+    burners = [i for i in rows if o < W.shape[1] and float(W[i, o]) / float(np.sum(W[i])) >= BURN_ROW_SHARE]
     st = {i: (float(stake[i]) if stake is not None and i < len(stake) else 1.0) for i in rows}
     total = sum(st.values())
     share = (sum(st[i] for i in burners) / total) if total > 0 else len(burners) / len(rows)
     detail = (f"{len(burners)} of {len(rows)} active validators ({share:.0%} of their stake) put >= "
-              f"{BURN_ROW_SHARE:.0%} of their weight on UID 0")
+              f"{BURN_ROW_SHARE:.0%} of their weight on the subnet owner's UID {o}")
     if share >= BURN_STAKE_SHARE:
-        return CheckResult(name, WARN, "subnet halted: validators burn to UID 0; " + detail,
-                           "validators skip the forward pass while halted (PROTOCOL §10): no rewards for miners. "
+        return CheckResult(name, WARN, f"subnet halted: validators burn to the owner's UID {o}; " + detail,
+                           "validators skip the forward pass while halted (PROTOCOL §12): no rewards for miners. "
                            "Watch NATIX announcements; test on testnet 323 before paying for mainnet")
     return CheckResult(name, PASS, detail)
-
-
-# ---------------------------------------------------------------------------------------------- real probes
-def tcp_connect(host: str, port: int, timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def sntp_offset(host: str = "pool.ntp.org", port: int = 123, timeout: float = 3.0,
-                clock: Callable[[], float] = time.time) -> float:
-    """Offset (server − local, seconds) from one SNTP v3 client query: ((t2 − t1) + (t3 − t4)) / 2."""
-    packet = b"\x1b" + 47 * b"\0"  # LI 0, version 3, mode 3 (client)
-    addr = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0]
-    with socket.socket(addr[0], socket.SOCK_DGRAM) as s:
-        s.settimeout(timeout)
-        t1 = clock()
-        s.sendto(packet, addr[4])
-        data, _ = s.recvfrom(512)
-        t4 = clock()
-    if len(data) < 48:
-        raise ValueError(f"short NTP reply ({len(data)} bytes)")
-
-    def ts(off: int) -> float:
-        sec, frac = struct.unpack("!II", data[off:off + 8])
-        return sec - NTP_EPOCH_OFFSET + frac / 2**32
-
-    t2, t3 = ts(32), ts(40)
-    if t3 <= 0:
-        raise ValueError("NTP reply without a transmit time")
-    return ((t2 - t1) + (t3 - t4)) / 2.0
-
-
-def http_date_offset(url: str, timeout: float = 5.0, clock: Callable[[], float] = time.time) -> float:
-    """Offset (server − local) from an HTTP ``Date`` header (1 s resolution, so ±1 s)."""
-    import urllib.error
-    import urllib.request
-    from email.utils import parsedate_to_datetime
-
-    req = urllib.request.Request(url, method="HEAD")
-    t1 = clock()
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            date = r.headers.get("Date")
-    except urllib.error.HTTPError as e:  # any reply has a Date
-        date = e.headers.get("Date")
-    t4 = clock()
-    if not date:
-        raise ValueError(f"{url} sent no Date header")
-    server = parsedate_to_datetime(date).timestamp() + 0.5  # the header truncates to whole seconds
-    return server - (t1 + t4) / 2.0
-
-
-def _https_of(endpoint: str) -> str:
-    return re.sub(r"^ws", "http", endpoint)
-
-
-def _free_memory_mb(devices: dict[str, float]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    try:
-        import psutil
-
-        out["cpu"] = psutil.virtual_memory().available / 2**20
-    except Exception:  # noqa: BLE001
-        try:
-            for line in Path("/proc/meminfo").read_text().splitlines():
-                if line.startswith("MemAvailable:"):
-                    out["cpu"] = int(line.split()[1]) / 1024.0
-        except OSError:
-            pass
-    if any(d != "cpu" for d in devices):
-        try:
-            import torch
-
-            for d in devices:
-                if d.startswith("cuda:"):
-                    free, _total = torch.cuda.mem_get_info(int(d.split(":")[1]))
-                    out[d] = free / 2**20
-        except Exception:  # noqa: BLE001
-            pass
-    return out
-
-
-def _cached_repos() -> set[str] | None:
-    try:
-        from huggingface_hub import scan_cache_dir
-    except ImportError:
-        return None
-    try:
-        info = scan_cache_dir()
-    except Exception:  # noqa: BLE001 - CacheNotFound: an empty cache
-        return set()
-    return {r.repo_id for r in info.repos if getattr(r, "repo_type", "model") == "model"}
-
-
-def _load_metagraph(netuid: int, endpoint: str) -> Any:
-    import bittensor as bt
-
-    sub = bt.Subtensor(network=endpoint)
-    return sub.metagraph(netuid=netuid, lite=False)
-
-
-def _public_ip() -> str | None:
-    from bittensor.utils import networking
-
-    return networking.get_external_ip()
 
 
 @dataclass
 class DoctorEnv:
     """Everything that touches the outside world; tests replace members with fakes."""
 
-    load_metagraph: Callable[[int, str], Any] = _load_metagraph
-    public_ip: Callable[[], str | None] = _public_ip
+    load_metagraph: Callable[[int, str], Any] = probes.load_metagraph
+    public_ip: Callable[[], str | None] = probes.public_ip
     connect: Callable[[str, int, float], bool] = tcp_connect
     clock_offset: Callable[[str], tuple[float, str]] | None = None  # (chain endpoint) -> (offset, source)
     devices: Callable[[], dict[str, float]] | None = None
-    free_mb: Callable[[dict[str, float]], dict[str, float]] = _free_memory_mb
-    cached_repos: Callable[[], set[str] | None] = _cached_repos
+    free_mb: Callable[[dict[str, float]], dict[str, float]] = probes.free_memory_mb
+    cached_repos: Callable[[], set[str] | None] = probes.cached_repos
+    owner_hotkey: Callable[[int, str], str | None] = probes.owner_hotkey  # (netuid, endpoint)
 
     def get_devices(self) -> dict[str, float]:
         if self.devices is not None:
@@ -553,7 +435,7 @@ class DoctorEnv:
             return sntp_offset(), "NTP (pool.ntp.org)"
         except Exception as e:  # noqa: BLE001
             errors.append(f"NTP: {e}")
-        url = _https_of(endpoint)
+        url = probes.https_of(endpoint)
         try:
             return http_date_offset(url), f"the HTTP Date of {url} (±1 s)"
         except Exception as e:  # noqa: BLE001
@@ -578,9 +460,9 @@ class DoctorOptions:
 
     @property
     def endpoint(self) -> str:
-        from natix_miner.neuron.config import NETWORK_ENDPOINTS
+        from natix_miner.neuron.config import resolve_endpoint
 
-        return self.chain_endpoint or NETWORK_ENDPOINTS.get(self.network, self.network)
+        return resolve_endpoint(self.network, self.chain_endpoint)
 
 
 def _guard(name: str, fn: Callable[[], CheckResult], status_on_error: str = FAIL) -> CheckResult:
@@ -621,8 +503,9 @@ def run_doctor(opts: DoctorOptions, env: DoctorEnv | None = None) -> list[CheckR
         mg = env.load_metagraph(opts.netuid, opts.endpoint)
     except Exception as e:  # noqa: BLE001
         results.append(CheckResult("chain", FAIL, f"could not load the metagraph of netuid {opts.netuid} from "
-                                   f"{opts.endpoint}: {type(e).__name__}: {e}",
-                                   "check the network and --subtensor.network / --subtensor.chain_endpoint"))
+                                   f"network {opts.network}, endpoint {opts.endpoint}: {type(e).__name__}: {e}",
+                                   "check DNS and the firewall (outbound websocket), or pass another endpoint "
+                                   "with --subtensor.chain_endpoint"))
         for n in network_checks:
             if n == "clock":
                 results.append(_guard("clock", lambda: check_clock(lambda: env.measure_clock(opts.endpoint)), WARN))
@@ -644,7 +527,12 @@ def run_doctor(opts: DoctorOptions, env: DoctorEnv | None = None) -> list[CheckR
     results.append(_guard("port reachable", lambda: check_port_reachable(ip, port, env.connect), WARN))
     results.append(_guard("clock", lambda: check_clock(lambda: env.measure_clock(opts.endpoint)), WARN))
     results.append(_guard("validators active", lambda: check_validators_active(mg, opts.active_blocks), WARN))
-    results.append(_guard("subnet halt", lambda: check_burn(mg, opts.active_blocks), WARN))
+    try:
+        owner = env.owner_hotkey(opts.netuid, opts.endpoint)
+    except Exception:  # noqa: BLE001 - reported as SKIP by check_burn
+        owner = None
+    owner_uid = find_uid(mg, owner) if owner else None
+    results.append(_guard("subnet halt", lambda: check_burn(mg, owner_uid, opts.active_blocks), WARN))
     return results
 
 
@@ -676,7 +564,7 @@ def exit_code(results: list[CheckResult]) -> int:
 def build_parser():
     import argparse
 
-    env = os.environ.get
+    env = os.environ.get  # read when the parser is built: main() loads .env first
     p = argparse.ArgumentParser(
         prog="scripts/doctor.py",
         description="Check a mining setup and print PASS/WARN/FAIL with what to fix. Exit code 1 if anything FAILs. "
@@ -703,6 +591,9 @@ def main(argv: list[str] | None = None, env: DoctorEnv | None = None) -> int:
     import json
     import sys
 
+    from natix_miner.neuron.config import default_env_file, load_env_file
+
+    load_env_file(default_env_file())  # the miner's .env: same settings as the miner (never overrides the shell)
     a = build_parser().parse_args(argv)
     opts = DoctorOptions(netuid=a.netuid, network=a.network, chain_endpoint=a.chain_endpoint,
                          wallet_name=a.wallet_name, wallet_hotkey=a.wallet_hotkey, wallet_path=a.wallet_path,
