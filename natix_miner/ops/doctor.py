@@ -15,8 +15,8 @@ Local checks (``--skip-network`` runs only these):
 * **weights** — every model's weights are a local file or in the Hugging Face cache (nothing is
   downloaded at run time).
 * **miner port** — something accepts TCP connections on ``127.0.0.1:<axon.port>``.
-* **model card** — optional: upstream removed the model-card and NATIX-registration requirement
-  (2025-11-30). With ``--model-dir``, ``model_card.json`` is checked against the historical rules for those
+* **model card** — optional: validators check no model card (2025-11-30) and NATIX requires no
+  registration (``register.sh`` deleted 2026-05-03). With ``--model-dir``, ``model_card.json`` is checked against the historical rules for those
   who publish a model anyway; otherwise SKIP.
 
 Network checks:
@@ -235,8 +235,8 @@ def check_model_card(model_dir: str | None, hotkey: str | None, model_repo: str 
         except ValueError as e:
             return CheckResult(name, FAIL, str(e), "use the form user/repo")
     if not model_dir:
-        return CheckResult(name, SKIP, "optional: validators no longer require a model card or a NATIX registration "
-                           "(removed upstream 2025-11-30); pass --model-dir to check one you publish" + repo_note)
+        return CheckResult(name, SKIP, "optional: validators check no model card (since 2025-11-30) and NATIX requires no "
+                           "registration (register.sh deleted 2026-05-03); pass --model-dir to check one you publish" + repo_note)
     path = Path(model_dir) / CARD_FILENAME
     if not path.exists():
         return CheckResult(name, FAIL, f"{path} not found", how)

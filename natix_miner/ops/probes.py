@@ -129,3 +129,30 @@ def public_ip() -> str | None:
     from bittensor.utils import networking
 
     return networking.get_external_ip()
+
+
+# hosts the download tools need: hub snapshots (HF_ENDPOINT overrides) and ultralytics release assets
+DOWNLOAD_HOSTS = {"hf": "huggingface.co", "ultralytics": "github.com"}
+
+
+def download_host(kind: str) -> str | None:
+    import os
+    from urllib.parse import urlparse
+
+    if kind == "hf" and os.environ.get("HF_ENDPOINT"):
+        return urlparse(os.environ["HF_ENDPOINT"]).hostname
+    return DOWNLOAD_HOSTS.get(kind)
+
+
+def is_network_error(e: BaseException) -> bool:
+    """A failure to reach a server (DNS, refused, timeout, offline mode), anywhere in the exception chain."""
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, (socket.gaierror, ConnectionError, TimeoutError, socket.timeout)):
+            return True
+        if type(e).__name__ in ("ConnectError", "ConnectTimeout", "ConnectionError", "ReadTimeout",
+                                "LocalEntryNotFoundError", "OfflineModeIsEnabled", "NetworkAccessRefused"):
+            return True
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return False
