@@ -206,3 +206,22 @@ def test_pm2_config_stops_on_config_errors_and_reads_env(tmp_path):
     assert app["out_file"].startswith("/tmp/natix-logs/") and app["error_file"].startswith("/tmp/natix-logs/")
     assert app["env"]["NETUID"] == "323" and app["env"]["WALLET_NAME"] == "w x" and "EMPTY" not in app["env"]
     assert app["env"]["MINER_ENV_FILE"] == str(envf)
+
+
+def test_child_miners_ignore_the_operators_env_file(monkeypatch, tmp_path):
+    """MinerProcess (dry runs, tests) does not read the checkout's .env: its arguments alone configure it."""
+    import natix_miner.neuron.launcher as L
+
+    seen = {}
+
+    class FakePopen:
+        def __init__(self, cmd, **kw):
+            seen["env"] = kw["env"]
+
+    monkeypatch.delenv("MINER_ENV_FILE")
+    monkeypatch.setattr(L.subprocess, "Popen", FakePopen)
+    L.MinerProcess(["--mock"], 1, tmp_path / "log")
+    assert seen["env"]["MINER_ENV_FILE"] == os.devnull
+    from natix_miner.neuron.config import load_env_file
+
+    assert load_env_file(os.devnull) == {}
