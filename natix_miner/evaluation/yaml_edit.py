@@ -62,37 +62,43 @@ def _block(key: str, rest: Path_, value: Any, indent: int) -> str:
     return f"{pad}{key}:\n" + _block(rest[0], rest[1:], value, indent + 2)
 
 
-def set_values(text: str, updates: list[tuple[Path_, Any]]) -> str:
-    """Return ``text`` with each ``(path, value)`` set; missing mapping keys are added."""
-    edits: list[tuple[int, int, int, str]] = []  # start, end, -indent, text
+def _set_one(text: str, path: Path_, value: Any) -> str:
     root = yaml.compose(text)
     if not isinstance(root, yaml.MappingNode):
         raise ValueError("the YAML document must be a mapping")
+    node = root
+    for depth, step in enumerate(path):
+        if isinstance(step, int):
+            if not isinstance(node, yaml.SequenceNode) or step >= len(node.value):
+                raise KeyError(f"{path}: no item {step}")
+            node = node.value[step]
+            continue
+        if not isinstance(node, yaml.MappingNode):
+            raise KeyError(f"{path}: {step!r} is not under a mapping")
+        if node.flow_style:  # {a: 1}: rewrite the whole flow mapping (no comments can sit inside it)
+            start, end = node.start_mark.index, node.end_mark.index
+            data = yaml.safe_load(text[start:end]) or {}
+            cur = data
+            for k in path[depth:-1]:
+                cur = cur.setdefault(k, {})
+            cur[path[-1]] = value
+            flow = yaml.safe_dump(data, default_flow_style=True, allow_unicode=True, sort_keys=False, width=10**6)
+            return text[:start] + flow.strip() + text[end:]
+        child = _get(node, step)
+        if child is None:
+            rest = path[depth + 1:]
+            indent = node.value[0][0].start_mark.column if node.value else 0
+            at = _line_end(text, _last_end(node)) if node.value else len(text)
+            return text[:at] + "\n" + _block(step, rest, value, indent) + text[at:]
+        node = child
+    if not isinstance(node, yaml.ScalarNode):
+        raise KeyError(f"{path}: not a scalar")
+    return text[:node.start_mark.index] + format_scalar(value) + text[node.end_mark.index:]
+
+
+def set_values(text: str, updates: list[tuple[Path_, Any]]) -> str:
+    """Return ``text`` with each ``(path, value)`` set, one after another; missing mapping keys are added
+    (as new lines at the mapping's indentation; inside a flow mapping ``{...}`` the mapping is rewritten)."""
     for path, value in updates:
-        node = root
-        for depth, step in enumerate(path):
-            if isinstance(step, int):
-                if not isinstance(node, yaml.SequenceNode) or step >= len(node.value):
-                    raise KeyError(f"{path}: no item {step}")
-                node = node.value[step]
-                continue
-            if not isinstance(node, yaml.MappingNode):
-                raise KeyError(f"{path}: {step!r} is not under a mapping")
-            child = _get(node, step)
-            if child is None:
-                rest = path[depth + 1:]
-                if node.flow_style:
-                    raise KeyError(f"{path}: cannot add a key to a flow mapping {{...}}")
-                indent = node.value[0][0].start_mark.column if node.value else 0
-                at = _line_end(text, _last_end(node)) if node.value else len(text)
-                edits.append((at, at, -indent, "\n" + _block(step, rest, value, indent)))
-                break
-            node = child
-        else:
-            if not isinstance(node, yaml.ScalarNode):
-                raise KeyError(f"{path}: not a scalar")
-            edits.append((node.start_mark.index, node.end_mark.index, 0, format_scalar(value)))
-    # from the end backwards; of insertions at one place the outer one first, so the inner one ends up above it
-    for start, end, _, new in sorted(edits, key=lambda e: (e[0], e[1], e[2]), reverse=True):
-        text = text[:start] + new + text[end:]
+        text = _set_one(text, path, value)
     return text
