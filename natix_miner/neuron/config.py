@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="neurons/miner.py",
         allow_abbrev=False,  # --wallet.hot must not silently mean --wallet.hotkey
+        epilog=f"Settings also come from environment variables and ./.env (README 'Environment variables'); "
+               f"MINER_EXTRA_ARGS adds flags. Exit codes: {CONFIG_EXIT_CODE} configuration error (not restarted "
+               f"by pm2), {CHAIN_EXIT_CODE} chain unreachable, 1 engine failure.",
         description="natix-miner: cascade miner for NATIX StreetVision (SN72 mainnet, 323 testnet).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
