@@ -94,6 +94,7 @@ class Profile:
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     batching: BatchingSpec = field(default_factory=BatchingSpec)
     cache: CacheSpec = field(default_factory=CacheSpec)
+    serve: dict[str, Any] = field(default_factory=dict)  # Ray Serve options, read by natix_miner.serve.config
     source: str = "<memory>"  # file it was loaded from
 
     def models(self, *, enabled_only: bool = True) -> list[tuple[TierSpec, ModelSpec]]:
@@ -306,6 +307,10 @@ def parse_profile(data: Any, source: str = "<memory>", *, check_types: bool = Tr
         "enabled": lambda k, v: _bool(ctx, k, v),
         "size": lambda k, v: _int(ctx, k, v, lo=0),
     })
+    if data.get("serve") is not None:
+        if not isinstance(data["serve"], dict):
+            raise ctx.fail("serve", f"must be a mapping, got {type(data['serve']).__name__}")
+        prof.serve = dict(data["serve"])
     if not prof.models():
         raise ctx.fail("tiers", "no enabled model in any enabled tier: the miner would have nothing to run")
     return prof

@@ -6,11 +6,17 @@ only), runs the validator replica against it through a real dendrite with labell
 short report and writes it as JSON. No wallet, chain, GPU or download is needed.
 
     .venv/bin/python scripts/dry_run.py --challenges 60 --report reports/dry_run.json
+    .venv/bin/python scripts/dry_run.py --condition letterbox-2026-04 --api-images DIR --organic-share 0.1
+
+The replica follows PROTOCOL §12: label first, then synthetic / real / api uniformly; the api third comes
+from --api-images and is skipped without it (as validators skip when NATIX's server has no task). The
+report breaks results down per condition and per source (`per_condition`, `per_source`).
 """
 
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -28,12 +34,24 @@ def main(argv=None) -> int:
     ap.add_argument("--images", default=str(DEFAULT_IMAGES),
                     help="folder with roadwork/ and no_roadwork/ (default: the shipped GTSDB sample)")
     ap.add_argument("--profile", default=None, help="engine profile (default: configs/lite-cpu.yaml)")
-    ap.add_argument("--condition", default="both", choices=["aug-2026-01", "fullres", "both"])
+    ap.add_argument("--synthetic", action="append", default=[],
+                    help="synthetic folder with the same layout (repeat: two folders = i2i and t2i)")
+    ap.add_argument("--api-images", default=None,
+                    help="folder with roadwork/ and no_roadwork/ for the api third of the challenges (skipped without)")
+    ap.add_argument("--condition", default="both",
+                    choices=["aug-2026-01", "letterbox-2026-04", "fullres", "both", "all"],
+                    help="both (default) = aug-2026-01 + fullres; all = the three")
+    ap.add_argument("--organic-share", type=float, default=0.0,
+                    help="share of steps scored by peer consensus (upstream's dormant organic path); 0 = off")
+    ap.add_argument("--peer-accuracy", type=float, default=0.8, help="accuracy of the simulated peers")
     ap.add_argument("--burst", type=int, default=10, help="identical concurrent copies per challenge (a lone miner gets 10)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--report", default=str(ROOT / "reports" / "dry_run.json"))
     ap.add_argument("--wandb", action="store_true", help="let the miner log to wandb (offline mode)")
     ap.add_argument("--ready-timeout", type=float, default=300.0)
+    ap.add_argument("--no-progress", dest="progress", action="store_false")
+    ap.add_argument("--engine-remote", default=None, metavar="URL",
+                    help="run the miner with --engine.remote URL (a cascade service: python -m natix_miner.serve)")
     a = ap.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -50,6 +68,7 @@ def main(argv=None) -> int:
     from natix_miner.neuron.offline import disable_external_ip_lookup
     from natix_miner.validator.challenges import ImageSource
     from natix_miner.validator.client import run_mock_validator
+    from natix_miner.validator.organic import PeerModel
 
     disable_external_ip_lookup("127.0.0.1")
     report_path = Path(a.report)
@@ -71,8 +90,9 @@ def main(argv=None) -> int:
             "--wallet.name", "miner", "--wallet.hotkey", "default"]
     if a.profile:
         args += ["--profile", a.profile]
-    if not a.wandb:
-        args += ["--wandb.off"]
+    args += ["--wandb.offline"] if a.wandb else ["--wandb.off"]  # the miner uses wandb only when asked
+    if a.engine_remote:
+        args += ["--engine.remote", a.engine_remote]
     log_path = report_path.with_name(report_path.stem + "_miner.log")
     logger.info(f"starting the miner (--mock) on 127.0.0.1:{port}; its log: {log_path}")
     t0 = time.monotonic()
@@ -80,19 +100,21 @@ def main(argv=None) -> int:
     try:
         mp.wait_ready(timeout=a.ready_timeout)
         logger.info(f"miner ready in {time.monotonic() - t0:.1f} s (models loaded and warmed up)")
-        conditions = ["aug-2026-01", "fullres"] if a.condition == "both" else [a.condition]
-        source = ImageSource(a.images)
+        source = ImageSource(a.images, synthetic=a.synthetic or None, api=a.api_images, seed=a.seed)
         report = run_mock_validator(
             host="127.0.0.1", port=port, miner_hotkey=miner_w.hotkey.ss58_address, wallet=val_w,
-            source=source, n_challenges=a.challenges, conditions=conditions, burst=a.burst, seed=a.seed,
-            progress=True,
+            source=source, n_challenges=a.challenges, conditions=a.condition, burst=a.burst, seed=a.seed,
+            progress=a.progress, organic_share=a.organic_share, peers=PeerModel(accuracy=a.peer_accuracy),
         )
     finally:
         shutdown_s = mp.stop()
+        shutil.rmtree(tmp, ignore_errors=True)  # the throwaway wallets
     report = dict(report)
-    report["dry_run"] = {"miner_exit_code": mp.proc.returncode, "shutdown_s": round(shutdown_s, 2),
-                         "images": str(a.images), "profile": a.profile or "configs/lite-cpu.yaml",
-                         "miner_log": str(log_path)}
+    report["dry_run"] = {"miner_exit_code": mp.proc.returncode, "miner_pid": mp.proc.pid,
+                         "shutdown_s": round(shutdown_s, 2), "workdir": str(tmp), "workdir_removed": not tmp.exists(),
+                         "images": str(a.images), "api_images": a.api_images,
+                         "profile": a.profile or "configs/lite-cpu.yaml", "miner_log": str(log_path),
+                         "engine_remote": a.engine_remote}
     report_path.write_text(json.dumps(report, indent=2, default=str))
     print_summary(report)
     print(f"report: {report_path}")
@@ -109,8 +131,11 @@ def print_summary(r: dict) -> None:
     print("=" * 72)
     print("natix-miner dry run (mock chain, local validator replica, loopback)")
     print("-" * 72)
-    print(f"challenges          : {r.get('n_challenges')} x burst {r.get('config', {}).get('burst', '?')} = "
-          f"{r.get('n')} queries   no answer (-1/timeouts/errors): {r.get('no_answer')}")
+    org = (r.get("organic") or {}).get("n", 0)
+    steps = f"{r.get('n_challenges', 0) - org} challenges x burst {r.get('config', {}).get('burst', '?')}"
+    if org:
+        steps += f" + {org} organic"
+    print(f"queries             : {steps} = {r.get('n')}   no answer (-1/timeouts/errors): {r.get('no_answer')}")
     print(f"MCC                 : {_fmt(r.get('mcc'))}")
     print(f"accuracy            : {_fmt(r.get('accuracy'))}")
     print(f"AUC                 : {_fmt(r.get('auc'))}")
@@ -119,6 +144,14 @@ def print_summary(r: dict) -> None:
     for cond, m in (r.get("per_condition") or {}).items():
         print(f"  {cond:<18}: n={m.get('n')} MCC={_fmt(m.get('mcc'))} acc={_fmt(m.get('accuracy'))} "
               f"reward={_fmt(m.get('reward'))}")
+    for src, m in (r.get("per_source") or {}).items():
+        print(f"  source {src:<11}: n={m.get('n')} MCC={_fmt(m.get('mcc'))} acc={_fmt(m.get('accuracy'))}")
+    if r.get("skipped"):
+        print(f"skipped challenges  : {r['skipped']} (source without an image of the drawn label; nothing sent)")
+    if r.get("organic"):
+        o = r["organic"]
+        print(f"organic (consensus) : n={o['n']} agreement={_fmt(o['agreement'])} "
+              f"consensus acc={_fmt(o['consensus_accuracy'])} right but outvoted={o['right_but_outvoted']}")
     d = r.get("dry_run", {})
     print(f"miner shutdown      : exit code {d.get('miner_exit_code')} after SIGTERM in {d.get('shutdown_s')} s")
     print("=" * 72)

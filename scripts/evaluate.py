@@ -65,6 +65,8 @@ def main(argv=None) -> int:
     for name, o in (rep.get("training_overlap") or {}).items():
         print(f"WARNING: {o['n']} of {rep['n']} images were in the training set of {name} ({o['provenance']}); "
               f"its numbers on them are optimistic: evaluate the held-out split with --split {o['provenance']}")
+    for kind, m in (rep.get("per_condition") or {}).items():  # SOURCES.tsv kind: real | i2i | t2i | api
+        print(f"  condition {kind}: n={m['n']} MCC={m['mcc']:.3f} accuracy={m['accuracy']:.3f}")
     print(f"report: {report_path}" + (f", plots: {out_dir}" if out_dir else ""))
     return 0
 

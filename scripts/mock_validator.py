@@ -5,14 +5,19 @@
         --images /path/with/roadwork_and_no_roadwork --challenges 50 --condition both \
         --report reports/mock_validator.json
 
-Each challenge: label 50/50, an image of that label (50 % real / 25 % i2i / 25 % t2i when two
-``--synthetic`` folders are given), the validator's preparation (``aug-2026-01``: augmentation
-levels 0–3 at 224×224; ``fullres``: full resolution), a Pillow-default JPEG in base64, sent
+Each challenge (PROTOCOL §12): label 50/50 first, then the source uniformly from synthetic / real /
+api (1/3 real, 1/6 i2i, 1/6 t2i with two ``--synthetic`` folders, 1/3 api from ``--api-images``; a
+source without an image of that label is skipped, like a validator whose server has no task), the
+validator's preparation (``aug-2026-01``: augmentation levels 0–3 at 224×224; ``letterbox-2026-04``:
+fit inside 224×224 with black padding, then the levels; ``fullres``: full resolution), a
+Pillow-default JPEG in base64, sent
 ``--burst`` times at once (10 = a miner alone in the validator's UID deck) through a real
 ``bt.Dendrite`` with a 9 s timeout, scored with the validator's tracker, reward and EMA.
 
 The validator wallet: ``--wallet.path/--wallet.name/--wallet.hotkey``, or a throwaway one in a temp
-dir. Its hotkey is printed: a miner started with ``--mock`` must accept it
+dir. ``--organic-share F`` turns that share of the steps into organic queries scored against the
+rounded mean of our answer and ``--peers`` simulated miners of accuracy ``--peer-accuracy``
+(PROTOCOL §12; docs/validator-replica.md). Its hotkey is printed: a miner started with ``--mock`` must accept it
 (``--mock.validators <ss58>``); a real miner on a chain will refuse an unregistered caller (403).
 Against a remote miner bittensor looks up this machine's public IP; ``--offline`` skips that
 (the default for loopback addresses).
@@ -39,7 +44,9 @@ def print_summary(r: dict) -> None:
     cfg = r.get("config", {})
     print(f"mock validator -> {cfg.get('axon')}  (miner {cfg.get('miner_hotkey')})")
     print("-" * 72)
-    print(f"queries             : {r['n']} ({r['n_challenges']} challenges x burst {cfg.get('burst')})")
+    org = (r.get("organic") or {}).get("n", 0)
+    print(f"queries             : {r['n']} ({r['n_challenges'] - org} challenges x burst {cfg.get('burst')}"
+          + (f" + {org} organic)" if org else ")"))
     print(f"no answer           : {r['no_answer']}   out of range: {r['out_of_range']}   statuses: {r['status_counts']}")
     print(f"MCC / accuracy / AUC: {_fmt(r['mcc'])} / {_fmt(r['accuracy'])} / {_fmt(r['auc'])}")
     print(f"reward (mean/query) : {_fmt(r['reward'])}   final EMA score: {_fmt(r['ema_score'], 4)}")
@@ -49,6 +56,12 @@ def print_summary(r: dict) -> None:
         for k, m in group.items():
             print(f"  {name} {k:<12}: n={m['n']:<5} MCC={_fmt(m['mcc'])} acc={_fmt(m['accuracy'])} "
                   f"reward={_fmt(m['reward'])} no_answer={m['no_answer']} p99={_fmt(m['latency_p99_ms'], 1)} ms")
+    if r.get("skipped"):
+        print(f"skipped challenges  : {r['skipped']} (no image of the drawn label in that source; nothing sent)")
+    if r.get("organic"):
+        o = r["organic"]
+        print(f"organic (consensus) : n={o['n']} agreement={_fmt(o['agreement'])} consensus acc={_fmt(o['consensus_accuracy'])} "
+              f"miner acc={_fmt(o['miner_accuracy_truth'])} right but outvoted={o['right_but_outvoted']}")
     print("=" * 72)
 
 
@@ -73,8 +86,17 @@ def main(argv=None) -> int:
     ap.add_argument("--images", required=True, help="folder with roadwork/ and no_roadwork/ subfolders")
     ap.add_argument("--synthetic", action="append", default=[],
                     help="synthetic folder with the same layout (repeat: two folders = i2i and t2i)")
+    ap.add_argument("--api-images", default=None,
+                    help="folder with roadwork/ and no_roadwork/ standing in for NATIX's api tasks (a third of the "
+                         "challenges); without it those challenges are skipped")
     ap.add_argument("--challenges", type=int, default=20, help="challenges per condition")
-    ap.add_argument("--condition", default="aug-2026-01", choices=["aug-2026-01", "fullres", "both"])
+    ap.add_argument("--condition", default="aug-2026-01",
+                    choices=["aug-2026-01", "letterbox-2026-04", "fullres", "both", "all"],
+                    help="both = aug-2026-01 + fullres; all = the three")
+    ap.add_argument("--organic-share", type=float, default=0.0,
+                    help="share of steps scored by peer consensus (upstream's dormant organic path); 0 = off")
+    ap.add_argument("--peers", type=int, default=9, help="simulated other miners of an organic query")
+    ap.add_argument("--peer-accuracy", type=float, default=0.8, help="their accuracy on the true label")
     ap.add_argument("--burst", type=int, default=10, help="identical concurrent copies per challenge")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--timeout", type=float, default=9.0, help="dendrite timeout in seconds (validators: 9)")
@@ -103,6 +125,7 @@ def main(argv=None) -> int:
     bt.logging.set_warning()
     from natix_miner.validator.challenges import ImageSource
     from natix_miner.validator.client import run_mock_validator, throwaway_wallet
+    from natix_miner.validator.organic import PeerModel
 
     # an existing wallet is used as is; missing keys are created without a password (only the
     # hotkey signs requests), so a fixed --wallet.path keeps the same validator hotkey across runs
@@ -110,13 +133,14 @@ def main(argv=None) -> int:
     print(f"validator hotkey: {wallet.hotkey.ss58_address}  (pass it to the miner: --mock.validators "
           f"{wallet.hotkey.ss58_address})", flush=True)
 
-    source = ImageSource(a.images, synthetic=a.synthetic or None, seed=a.seed)
+    source = ImageSource(a.images, synthetic=a.synthetic or None, seed=a.seed, api=a.api_images)
     if len(source) == 0:
         print(f"no images under {a.images} (expected roadwork/ and no_roadwork/)", file=sys.stderr)
         return 2
     report = run_mock_validator(a.axon, source, n_challenges=a.challenges, conditions=a.condition, wallet=wallet,
                                 miner_hotkey=a.hotkey, burst=a.burst, seed=a.seed, progress=not a.no_progress,
-                                sleep_s=a.sleep, timeout=a.timeout, offline=a.offline)
+                                sleep_s=a.sleep, timeout=a.timeout, offline=a.offline,
+                                organic_share=a.organic_share, peers=PeerModel(n_peers=a.peers, accuracy=a.peer_accuracy))
     if a.report:
         p = Path(a.report)
         p.parent.mkdir(parents=True, exist_ok=True)

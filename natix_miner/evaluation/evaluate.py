@@ -142,6 +142,10 @@ def run_evaluation(images_dir: str | Path, profile_path: str | Path | None, *, c
             logger.warning(f"{o['n']} of {len(records)} evaluated images were in the training set of {model} "
                            f"({o['provenance']}): its metrics on them are optimistic (use --split {o['provenance']})")
     report["images"] = str(images_dir)
+    from natix_miner.datagen.sources import per_condition  # SOURCES.tsv `kind` (issue 15)
+
+    if (pc := per_condition(images_dir, records)) is not None:
+        report["per_condition"] = pc
     report["profile"] = str(getattr(profile, "source", profile_path))
     if out_dir is not None:
         write_outputs(report, records, Path(out_dir))

@@ -27,6 +27,7 @@ _FAMILY_MODULES: dict[str, str] = {
     "depth_check": "natix_miner.models.depth_check",
     "text_segmenter": "natix_miner.models.text_segmenter",
     "vlm": "natix_miner.models.vlm",
+    "timm_classifier": "natix_miner.models.timm_classifier",
 }
 
 _REGISTRY: dict[str, type["Adapter"]] = {}

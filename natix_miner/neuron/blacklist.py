@@ -43,6 +43,20 @@ def check_caller(hotkey: str | None, snapshot: ChainSnapshot | None, policy: Bla
         return True, f"blacklist error: {type(e).__name__}: {e}"
 
 
+def has_validator_permit(hotkey: str | None, snapshot: ChainSnapshot | None) -> bool:
+    """True when ``hotkey`` is registered and holds a validator permit: such a caller is never refused
+    for load (:mod:`natix_miner.neuron.admission`), only degraded. Never raises."""
+    try:
+        if snapshot is None or not hotkey:
+            return False
+        uid = snapshot.uid_of(hotkey)
+        if uid is None:
+            return False
+        return bool(snapshot.validator_permit[uid])
+    except Exception:
+        return False
+
+
 def caller_priority(hotkey: str | None, snapshot: ChainSnapshot | None) -> float:
     """Priority = caller stake (TAO), like the official miner; 0.0 when unknown. Never raises."""
     try:

@@ -153,10 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="max requests per caller hotkey per minute (default 600 on a real chain, unlimited in --mock; 0 = unlimited)")
     g.add_argument("--blacklist.max_concurrent", dest="max_concurrent", type=int,
                    default=_env_num("BLACKLIST_MAX_CONCURRENT", 64),
-                   help="requests in flight at once, all callers together; more are refused (403 busy); 0 = no cap")
+                   help="requests in flight at once, all callers together; past it callers without a validator permit "
+                        "are refused (403 busy), validators get a degraded answer instead; 0 = no cap")
     g.add_argument("--blacklist.max_concurrent_per_hotkey", dest="max_concurrent_per_hotkey", type=int,
                    default=_env_num("BLACKLIST_MAX_CONCURRENT_PER_HOTKEY", 32),
-                   help="requests in flight from one caller (a lone miner gets bursts of 10); 0 = no cap")
+                   help="requests in flight from one caller without a validator permit; 0 = no cap")
 
     g = p.add_argument_group("engine")
     g.add_argument("--engine.devices", dest="engine_devices", default=_env("ENGINE_DEVICES"),
@@ -168,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="disable the result cache (load tests: every request is computed)")
     g.add_argument("--engine.deadline_s", dest="deadline_s", type=float, default=None,
                    help="answer within this many seconds of receipt (default: the profile's deadline_s)")
+    g.add_argument("--engine.remote", dest="engine_remote", default=_env("ENGINE_REMOTE"),
+                   help="URL of a shared cascade service (python -m natix_miner.serve, docs/serving.md); "
+                        "--profile then only sets the deadline, cache and epsilon")
+    g.add_argument("--engine.remote_fallback", dest="engine_remote_fallback", default=_env("ENGINE_REMOTE_FALLBACK"),
+                   help="profile run locally while the --engine.remote service is down or slow "
+                        "(default: none, answer the fallback value)")
 
     g = p.add_argument_group("neuron")
     g.add_argument("--neuron.sync_interval", dest="sync_interval", type=float, default=60.0,
@@ -178,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--health.port", dest="health_port", type=int, default=_env_num("HEALTH_PORT", 0),
                    help="serve GET /health (200 when ready, else 503) and /stats on this port; 0 = off")
     g.add_argument("--health.host", dest="health_host", default=_env("HEALTH_HOST", "127.0.0.1"))
+
+    g = p.add_argument_group("record (store received images for pseudo-labelling; docs/data-recipe.md)")
+    g.add_argument("--record.dir", dest="record_dir", default=_env("RECORD_DIR"),
+                   help="store each distinct received image once as <sha256>.<ext> and one JSON line per request "
+                        "here (off by default)")
+    g.add_argument("--record.max_gb", dest="record_max_gb", type=float, default=_env_num("RECORD_MAX_GB", 10.0, float),
+                   help="size cap of --record.dir; the oldest files are deleted first")
 
     g = p.add_argument_group("wandb")
     g.add_argument("--wandb.on", dest="wandb_on", action="store_true",
@@ -228,11 +242,15 @@ class MinerConfig:
     allow_restricted: bool = False
     deadline_s: float | None = None
     no_cache: bool = False
+    engine_remote: str | None = None
+    engine_remote_fallback: str | None = None
     sync_interval: float = 60.0
     neuron_name: str = "miner"
     health_port: int = 0
     health_host: str = "127.0.0.1"
     wandb_on: bool = False
+    record_dir: str | None = None
+    record_max_gb: float = 10.0
     wandb_off: bool = False
     wandb_offline: bool = False
     wandb_project: str = "natix-miner"
@@ -385,6 +403,8 @@ def parse_config(argv: list[str] | None = None) -> MinerConfig:
         cfg.rate_limit = 0 if cfg.mock else 600
     if cfg.deadline_s is not None and not (0 < cfg.deadline_s <= 8.5):
         raise ConfigError("--engine.deadline_s must be in (0, 8.5]: validators wait 9 s in total")
+    if cfg.record_max_gb <= 0:
+        raise ConfigError("--record.max_gb must be > 0")
     if cfg.mock_validator_stake < 0 or cfg.min_stake < 0:
         raise ConfigError("stakes must be >= 0")
     if not 0 < cfg.axon_port < 65536:

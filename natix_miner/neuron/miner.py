@@ -28,13 +28,24 @@ from loguru import logger
 
 from natix_miner import __version__
 from natix_miner.engine.consensus import finalize
-from natix_miner.neuron.blacklist import BlacklistPolicy, RateLimiter, caller_priority, check_caller
+from natix_miner.neuron.admission import CHEAP, Admission, SingleFlight
+from natix_miner.neuron.blacklist import (BlacklistPolicy, RateLimiter, caller_priority, check_caller,
+                                           has_validator_permit)
 from natix_miner.neuron.chain import ChainSnapshot
 from natix_miner.neuron.config import MinerConfig
 from natix_miner.protocol import ExtendedImageSynapse, ImageSynapse
 
 # A validator waits 9 s (PROTOCOL §2.5); answer with this much left for the network and the axon.
 RESPONSE_MARGIN_S = 1.5
+# The hard cut: an engine call still running this long after the request's deadline is abandoned and the
+# fallback answered, so every accepted request is answered within deadline + HARD_CUT_GRACE_S of receipt
+# (plus the event loop's own scheduling delay), far inside the validators' 9 s.
+HARD_CUT_GRACE_S = 0.25
+# Idle keep-alive of the axon's HTTP server. uvicorn's default (5 s) is shorter than the 15 s an aiohttp
+# client (the validators' dendrite) keeps an idle connection: a request sent on a connection the server is
+# just closing fails with "Server disconnected" / "Connection reset" (a -1). Longer than the client's, the
+# client always closes first and never reuses a connection the server has dropped.
+AXON_KEEP_ALIVE_S = 20
 # "no roadwork", never 0.5, only when nothing else can answer; finalize() is the engine's one rule for
 # safe wire values (finite, in [eps, 1 - eps], never exactly 0.5)
 FALLBACK_PREDICTION = finalize(None)
@@ -48,6 +59,7 @@ class MinerStats:
     decode_errors: int = 0
     rate_limited: int = 0
     busy_refused: int = 0
+    degraded: int = 0  # validator requests answered from the cache / fallback because the engine was too busy
     last_latency_ms: float = 0.0
     started_at: float = field(default_factory=time.time)
 
@@ -66,14 +78,10 @@ class Miner:
         self.stats = MinerStats()
         self.policy = BlacklistPolicy(require_permit=config.require_permit, min_stake=config.min_stake)
         self.rate_limiter = RateLimiter(getattr(config, "rate_limit", 0) or 0)
-        # Requests in flight, so that a flood cannot queue unbounded work behind validators. The blacklist
-        # reserves a slot atomically (requests of a burst reach it before any forward starts); forward
-        # claims the reservation by (hotkey, nonce) and frees it at the end. A request refused after the
-        # blacklist (bad signature, replay) never reaches forward: its reservation expires.
-        self._inflight = 0
-        self._inflight_by: dict = {}
-        self._reserved: dict = {}  # (hotkey, nonce) -> reserved at (monotonic)
-        self._inflight_lock = threading.Lock()
+        # Requests in flight and deadline-aware admission: hard caps for callers without a validator
+        # permit, degraded (cache / fallback) answers instead of 403 for validators (neuron/admission.py)
+        self.admission = Admission(config.max_concurrent, config.max_concurrent_per_hotkey)
+        self._flights = SingleFlight()
         self.ready = threading.Event()
         self._stop = threading.Event()
         self._sync_thread: typing.Optional[threading.Thread] = None
@@ -81,6 +89,7 @@ class Miner:
         self._profile: typing.Any = None
         self._decode_limits: typing.Any = None
         self._health: typing.Any = None
+        self.recorder: typing.Any = None  # --record.dir (natix_miner.neuron.recorder)
 
     # ------------------------------------------------------------------------------ setup
     def _make_wallet(self) -> typing.Any:
@@ -129,6 +138,11 @@ class Miner:
             self._profile.deadline_s = self.config.deadline_s
         if self.config.no_cache:
             self._profile.cache.enabled = False
+        if getattr(self.config, "engine_remote", None):
+            from natix_miner.engine.remote import make_remote_engine
+
+            return make_remote_engine(self.config.engine_remote, self._profile, self.config.engine_remote_fallback,
+                                      allow_restricted=self.config.allow_restricted, devices=self.config.devices())
         return CascadeEngine(self._profile, allow_restricted=self.config.allow_restricted,
                              devices=self.config.devices())
 
@@ -168,16 +182,22 @@ class Miner:
             "decode_errors": s.decode_errors,
             "rate_limited": s.rate_limited,
             "busy_refused": s.busy_refused,
-            "in_flight": self._inflight,
+            "degraded": s.degraded,
+            "in_flight": self.admission.inflight,
+            "admission": self.admission.snapshot(),
             "last_latency_ms": round(s.last_latency_ms, 1),
             "metagraph_block": self.snapshot.block if self.snapshot is not None else None,
             "metagraph_age_s": round(time.time() - self.snapshot.synced_at, 1) if self.snapshot is not None else None,
         }
+        if self.recorder is not None:
+            out["recording"] = self.recorder.snapshot()
         if self.engine is not None and hasattr(self.engine, "stats"):
             try:
                 out["engine"] = self.engine.stats()
             except Exception as e:
                 out["engine"] = {"error": str(e)}
+        # a remote engine answering from its fallback (service down or slow) is degraded, not down
+        out["degraded"] = bool(getattr(self.engine, "degraded", False))
         return out
 
     def setup(self) -> None:
@@ -207,6 +227,10 @@ class Miner:
         t0 = time.monotonic()
         self.engine.start()
         logger.info(f"engine ready in {time.monotonic() - t0:.1f} s")
+        if getattr(self.config, "record_dir", None):
+            from natix_miner.neuron.recorder import Recorder
+
+            self.recorder = Recorder(self.config.record_dir, self.config.record_max_gb).start()
         self.axon = self._make_axon()
 
     def _make_axon(self) -> typing.Any:
@@ -217,6 +241,7 @@ class Miner:
         external_ip = cfg.axon_external_ip or ("127.0.0.1" if cfg.mock else None)
         axon = bt.Axon(wallet=self.wallet, port=cfg.axon_port, ip=ip, external_ip=external_ip,
                        external_port=cfg.axon_external_port, max_workers=cfg.axon_max_workers)
+        axon.fast_config.timeout_keep_alive = AXON_KEEP_ALIVE_S
         if cfg.mock:
             axon.fast_config.host = "127.0.0.1"  # loopback only
         elif ip in ("[::]", "::"):
@@ -235,7 +260,8 @@ class Miner:
                 self.stats.rate_limited += 1
                 blacklisted, reason = True, f"rate limit exceeded for {hotkey}"
             if not blacklisted:
-                busy = self._reserve(hotkey, synapse.dendrite.nonce)
+                busy = self.admission.reserve(hotkey, synapse.dendrite.nonce,
+                                              validator=has_validator_permit(hotkey, self.snapshot))
                 if busy is not None:
                     self.stats.busy_refused += 1
                     blacklisted, reason = True, busy
@@ -244,45 +270,6 @@ class Miner:
             return blacklisted, reason
         except Exception as e:  # never raise inside the axon's blacklist step
             return True, f"blacklist error: {type(e).__name__}"
-
-    RESERVATION_TTL_S = 5.0
-
-    def _count(self, hotkey: typing.Optional[str], delta: int) -> None:
-        self._inflight += delta
-        if hotkey is not None:
-            n = self._inflight_by.get(hotkey, 0) + delta
-            if n > 0:
-                self._inflight_by[hotkey] = n
-            else:
-                self._inflight_by.pop(hotkey, None)
-
-    def _reserve(self, hotkey: typing.Optional[str], nonce: typing.Any) -> typing.Optional[str]:
-        """Reserve an in-flight slot for this request; a refusal reason when a cap is reached."""
-        cap, per = self.config.max_concurrent, self.config.max_concurrent_per_hotkey
-        now = time.monotonic()
-        with self._inflight_lock:
-            for key, t in list(self._reserved.items()):
-                if now - t > self.RESERVATION_TTL_S:
-                    del self._reserved[key]
-                    self._count(key[0], -1)
-            if cap and self._inflight >= cap:
-                return f"miner busy: {self._inflight} requests in flight (--blacklist.max_concurrent {cap})"
-            if per and hotkey is not None and self._inflight_by.get(hotkey, 0) >= per:
-                return f"too many requests in flight from {hotkey} (--blacklist.max_concurrent_per_hotkey {per})"
-            key = (hotkey, nonce)
-            if key not in self._reserved:
-                self._reserved[key] = now
-                self._count(hotkey, +1)
-        return None
-
-    def _claim(self, hotkey: typing.Optional[str], nonce: typing.Any) -> None:
-        with self._inflight_lock:
-            if self._reserved.pop((hotkey, nonce), None) is None:  # no reservation (expired, direct call)
-                self._count(hotkey, +1)
-
-    def _release(self, hotkey: typing.Optional[str]) -> None:
-        with self._inflight_lock:
-            self._count(hotkey, -1)
 
     def priority(self, synapse: ImageSynapse) -> float:
         try:
@@ -303,14 +290,17 @@ class Miner:
     async def forward(self, synapse: ImageSynapse) -> ImageSynapse:
         hotkey = synapse.dendrite.hotkey if synapse.dendrite is not None else None
         nonce = synapse.dendrite.nonce if synapse.dendrite is not None else None
-        self._claim(hotkey, nonce)
+        received_at = self.admission.claim(hotkey, nonce)
         try:
-            return await self._forward(synapse)
+            return await self._forward(synapse, received_at)
         finally:
-            self._release(hotkey)
+            self.admission.release(hotkey)
 
-    async def _forward(self, synapse: ImageSynapse) -> ImageSynapse:
-        t0 = time.monotonic()
+    async def _forward(self, synapse: ImageSynapse, received_at: typing.Optional[float] = None) -> ImageSynapse:
+        # the deadline counts from when the request passed the blacklist (the axon's verify/priority steps
+        # before forward can take seconds on a saturated machine), else from now
+        now = time.monotonic()
+        t0 = received_at if received_at is not None and received_at <= now else now
         self.stats.requests += 1
         timeout = synapse.timeout if synapse.timeout and synapse.timeout > 0 else 9.0
         deadline_s = self._profile.deadline_s if self._profile is not None else 6.0
@@ -319,6 +309,7 @@ class Miner:
         exit_tier, exit_reason = None, "fallback"
         prediction = FALLBACK_PREDICTION
         confidence = None
+        result = decoded = None
         try:
             from natix_miner.imaging import ImageDecodeError, decode_b64_image
 
@@ -331,13 +322,8 @@ class Miner:
                 self.stats.decode_errors += 1
                 logger.warning(f"undecodable image ({getattr(e, 'reason', 'error')}): {e}; answering the fallback")
                 decoded = None
-            if decoded is not None:
-                from natix_miner.engine.deadline import Deadline
-
-                result = await asyncio.wait_for(
-                    self.engine.infer(decoded.image, key=decoded.sha256, deadline=Deadline(deadline_at)),
-                    timeout=max(0.05, deadline_at - time.monotonic() + 0.25),
-                )
+            result = await self._answer(decoded, deadline_at) if decoded is not None else None
+            if result is not None:
                 prediction = result.prediction
                 confidence = result.confidence
                 exit_tier = result.tiers_used[-1] if result.tiers_used else None
@@ -366,8 +352,66 @@ class Miner:
                                            exit_reason=exit_reason, label=label)
             except Exception as e:
                 logger.debug(f"telemetry failed: {e}")
+        if self.recorder is not None:
+            self._record(synapse, t0, latency_ms, decoded, result)
         logger.debug(f"answered {prediction:.4f} in {latency_ms:.1f} ms ({exit_reason})")
         return synapse
+
+    async def _answer(self, decoded: typing.Any, deadline_at: float) -> typing.Any:
+        """The engine's result for a decoded image, or None (-> the fallback answer).
+
+        A copy of an image already being computed waits for that computation; a new image runs in the
+        engine when the admission plan expects it to finish by the deadline, else it is answered from
+        the result cache when possible (a degraded answer, never a refusal)."""
+        key = decoded.sha256
+        running = self._flights.running(key)
+        if running is not None:
+            self.admission.stats.joined += 1
+            return await self._flights.join(running, deadline_at - time.monotonic() + HARD_CUT_GRACE_S)
+        if self.admission.plan(deadline_at) == CHEAP:
+            self.stats.degraded += 1
+            cache = getattr(self.engine, "cache", None)
+            hit = cache.get(key) if cache is not None else None
+            logger.debug(f"engine busy ({self.admission.snapshot()}); answering from "
+                         f"{'the cache' if hit is not None else 'the fallback'}")
+            return hit
+
+        async def compute() -> typing.Any:
+            from natix_miner.engine.deadline import Deadline
+
+            ahead = self.admission.begin()
+            t0 = time.monotonic()
+            elapsed = None
+            try:
+                res = await asyncio.wait_for(
+                    self.engine.infer(decoded.image, key=key, deadline=Deadline(deadline_at)),
+                    timeout=max(0.05, deadline_at - time.monotonic() + HARD_CUT_GRACE_S),
+                )
+                # measure only answers a model computed: a cache hit, a fallback, or a tier the engine skipped
+                # for lack of time ("no_votes" with no tier used) returns at once and says nothing about speed
+                if getattr(res, "tiers_used", None) and getattr(res, "exit_reason", None) not in ("cache", "fallback"):
+                    elapsed = time.monotonic() - t0
+                return res
+            finally:
+                self.admission.end(elapsed, ahead)
+
+        return await self._flights.lead(key, compute)
+
+    def _record(self, synapse: ImageSynapse, t0: float, latency_ms: float, decoded: typing.Any,
+                result: typing.Any) -> None:
+        """Hand the request to the recorder (a non-blocking queue put; never raises)."""
+        from natix_miner.neuron.recorder import RecordItem
+
+        try:
+            self.recorder.submit(RecordItem(
+                arrival=time.time() - (time.monotonic() - t0), image_b64=synapse.image,
+                sha256=getattr(decoded, "sha256", None),
+                hotkey=synapse.dendrite.hotkey if synapse.dendrite is not None else None,
+                prediction=synapse.prediction, confidence=synapse.confidence, exit_tier=synapse.exit_tier,
+                exit_reason=getattr(result, "exit_reason", "fallback"),
+                votes={v.model: v.p for v in getattr(result, "votes", None) or []}, latency_ms=latency_ms))
+        except Exception as e:
+            logger.debug(f"recording skipped: {e}")
 
     # ------------------------------------------------------------------------------ run loop
     def _sync_loop(self) -> None:
@@ -421,6 +465,8 @@ class Miner:
                 self.engine.close()
             except Exception as e:
                 logger.warning(f"engine close: {e}")
+        if self.recorder is not None:
+            self.recorder.close()
         if self._health is not None:
             try:
                 self._health.stop()
@@ -456,6 +502,7 @@ class Miner:
                     s = self.stats
                     logger.info(f"status: uid {self.uid} requests {s.requests} answered {s.answered} "
                                 f"fallbacks {s.fallbacks} decode_errors {s.decode_errors} "
-                                f"rate_limited {s.rate_limited} last_latency {s.last_latency_ms:.0f} ms")
+                                f"rate_limited {s.rate_limited} busy_refused {s.busy_refused} degraded {s.degraded} "
+                                f"last_latency {s.last_latency_ms:.0f} ms")
         finally:
             self.stop()

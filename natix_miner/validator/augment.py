@@ -1,4 +1,9 @@
-"""What a NATIX validator does to an image before sending it (PROTOCOL §2.4, §2.5, §10).
+"""What a NATIX validator does to an image before sending it (PROTOCOL §2.4, §2.5, §10, §12).
+
+Three conditions: ``aug-2026-01`` (below), ``letterbox-2026-04`` (:func:`augment_letterbox`: the same
+levels, but the base transform fits the image inside 224×224 keeping its aspect ratio and pads it
+black, centred, with no crop; levels 1–3 then rotate ±20° bilinearly and distort as before) and
+``fullres`` (:func:`fullres`: no augmentation, validators since 2026-05-03).
 
 A port of the subnet's ``apply_augmentation_by_level`` (validator code of 2026-01, condition
 ``aug-2026-01``), written from the protocol description:
@@ -328,6 +333,59 @@ def augment(image: Image.Image, rng: np.random.Generator | None = None, level: i
         t, params = augment_tensor(image, rng, level)
         return AugResult(image=tensor_to_pil(t), level=level, params=params)
     except Exception as e:  # noqa: BLE001 - upstream catches everything here too
+        logger.warning(f"augmentation failed ({type(e).__name__}: {e}); sending the raw image (level -1)")
+        return AugResult(image=image, level=-1, params={"error": f"{type(e).__name__}: {e}"})
+
+
+def letterbox_base(image: Image.Image, size: tuple[int, int] = TARGET_SIZE):
+    """Condition ``letterbox-2026-04`` base transform (PROTOCOL §12): RGB, resize to fit inside ``size``
+    keeping the aspect ratio (PIL bilinear), pad with black to ``size``, centred; ``ToTensor``. No crop."""
+    img = image.convert("RGB")
+    w, h = img.size
+    tw, th = size
+    scale = min(tw / w, th / h)
+    nw, nh = max(1, min(tw, int(round(w * scale)))), max(1, min(th, int(round(h * scale))))
+    resized = img.resize((nw, nh), Image.BILINEAR)
+    canvas = Image.new("RGB", (tw, th), (0, 0, 0))
+    canvas.paste(resized, ((tw - nw) // 2, (th - nh) // 2))
+    return to_tensor(canvas)
+
+
+def letterbox_tensor(image: Image.Image, rng: np.random.Generator, level: int, size: tuple[int, int] = TARGET_SIZE):
+    """The letterbox period's pipeline: :func:`letterbox_base` for every level; levels 1–3 then rotate by
+    an angle uniform in ±20° (bilinear, black corners) and apply the level's distortions as before."""
+    from torchvision.transforms import functional as F
+
+    if level not in (0, 1, 2, 3):
+        raise ValueError(f"level must be 0..3, got {level}")
+    params: dict[str, Any] = {"letterbox": True}
+    t = letterbox_base(image, size)
+    if level == 0:
+        return t, params
+    angle = float(rng.uniform(-ROTATION_DEGREES, ROTATION_DEGREES))
+    t = F.rotate(t, angle, interpolation=F.InterpolationMode.BILINEAR)
+    params["angle"] = angle
+    if level in LEVEL_DISTORTIONS:
+        codes, max_sev = LEVEL_DISTORTIONS[level]
+        sevs: dict[str, int] = {}
+        for code in codes:
+            sev = int(rng.integers(0, max_sev, endpoint=True))
+            sevs[code] = sev
+            t = distort_tensor(t, code, sev, rng)
+        params["distortions"] = sevs
+    return t, params
+
+
+def augment_letterbox(image: Image.Image, rng: np.random.Generator | None = None, level: int | None = None) -> AugResult:
+    """Condition ``letterbox-2026-04`` (validators 2026-04-06 → 2026-05-03): a level drawn as in
+    :func:`augment`, the letterboxed 224×224 image; on any exception the raw image with level -1."""
+    rng = rng if rng is not None else np.random.default_rng()
+    if level is None:
+        level = choose_level(rng)
+    try:
+        t, params = letterbox_tensor(image, rng, level)
+        return AugResult(image=tensor_to_pil(t), level=level, params=params)
+    except Exception as e:  # noqa: BLE001 - as upstream
         logger.warning(f"augmentation failed ({type(e).__name__}: {e}); sending the raw image (level -1)")
         return AugResult(image=image, level=-1, params={"error": f"{type(e).__name__}: {e}"})
 

@@ -1,15 +1,17 @@
-"""Challenge sampling like a NATIX validator (PROTOCOL §2.3), over local labelled folders.
+"""Challenge sampling like a NATIX validator (PROTOCOL §2.3, §12), over local labelled folders.
 
 A folder holds ``roadwork/`` (label 1) and ``no_roadwork/`` (label 0) with .jpg/.jpeg/.png files.
-Per challenge:
+Per challenge, as ``natix/validator/challenge/selector.py`` since 2026-04 (PROTOCOL §12):
 
-1. ``label`` uniform in {0, 1} (``rng.choice([0, 1])``);
-2. the source: with synthetic folders given, real with probability 0.5, else one synthetic folder
-   uniformly (two folders ``i2i`` and ``t2i`` -> 50 % real / 25 % i2i / 25 % t2i as upstream);
-   with none given, always real;
-3. a uniformly random file of that label in that source; none -> the challenge is skipped (the
-   validator sends nothing that step);
-4. the condition: ``aug-2026-01`` (the ported augmentation, 224×224) or ``fullres`` (no
+1. ``label`` uniform in {0, 1} (drawn first);
+2. the source uniform in {synthetic, real, api}; synthetic splits uniformly over the synthetic
+   folders (two folders ``i2i`` and ``t2i``). Per challenge: 1/3 real, 1/6 i2i, 1/6 t2i, 1/3 api;
+3. a uniformly random file of that label in that source. When the source has no such file — no
+   ``api`` folder given (a validator whose NATIX server has no task), no synthetic folders, or no
+   image of that label — the challenge is **skipped**: nothing is sent that step, like a validator.
+   :meth:`ImageSource.sample` returns ``None`` and counts the skip in ``ImageSource.skipped``;
+4. the condition: ``aug-2026-01`` (the ported augmentation, 224×224), ``letterbox-2026-04``
+   (fit inside 224×224, black padding, levels 1–3 rotate and distort) or ``fullres`` (no
    augmentation, full resolution, RGB; validators since 2026-05) — then a Pillow-default JPEG
    (q75) in base64.
 """
@@ -27,8 +29,9 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 LABEL_DIRS = {1: "roadwork", 0: "no_roadwork"}
 CONDITION_AUG = "aug-2026-01"
 CONDITION_FULLRES = "fullres"
-CONDITIONS = (CONDITION_AUG, CONDITION_FULLRES)
-FAKE_PROB = 0.5
+CONDITION_LETTERBOX = "letterbox-2026-04"
+CONDITIONS = (CONDITION_AUG, CONDITION_LETTERBOX, CONDITION_FULLRES)
+SOURCE_KINDS = ("synthetic", "real", "api")  # drawn uniformly after the label (PROTOCOL §12)
 
 
 def list_images(folder: str | Path) -> dict[int, list[Path]]:
@@ -45,7 +48,7 @@ def list_images(folder: str | Path) -> dict[int, list[Path]]:
 class Sample:
     label: int
     path: Path
-    source: str  # "real", "i2i", "t2i" or the synthetic folder's name
+    source: str  # "real", "api", "i2i", "t2i" or the synthetic folder's name
 
 
 @dataclass
@@ -71,15 +74,21 @@ class ImageSource:
 
     ``real``: folder with ``roadwork/`` and ``no_roadwork/``. ``synthetic``: optional extra folders
     with the same layout — a mapping ``{kind: folder}`` or a sequence of folders (two folders are
-    named ``i2i`` and ``t2i``; otherwise ``synthetic``, ``synthetic-2``, ...). ``rng``: default
-    generator for :meth:`sample` (seeded by ``seed`` when not given).
+    named ``i2i`` and ``t2i``; otherwise ``synthetic``, ``synthetic-2``, ...). ``api``: optional
+    folder with the same layout standing in for NATIX's benchmark server (``--api-images``); without
+    it the api third of the challenges is skipped. ``rng``: default generator for :meth:`sample`
+    (seeded by ``seed`` when not given).
     """
 
     def __init__(self, real: str | Path, synthetic: Mapping[str, str | Path] | Sequence[str | Path] | None = None,
-                 rng: np.random.Generator | None = None, seed: int | None = None):
+                 rng: np.random.Generator | None = None, seed: int | None = None, api: str | Path | None = None):
         self.real_dir = Path(real)
+        self.api_dir = Path(api) if api is not None else None
         self.rng = rng if rng is not None else np.random.default_rng(seed)
         self.sources: dict[str, dict[int, list[Path]]] = {"real": list_images(self.real_dir)}
+        if self.api_dir is not None:
+            self.sources["api"] = list_images(self.api_dir)
+        self.skipped: dict[str, int] = {}  # source -> challenges skipped for want of an image
         self.synthetic_kinds: list[str] = []
         if synthetic:
             if isinstance(synthetic, Mapping):
@@ -103,14 +112,16 @@ class ImageSource:
         return sum(len(v) for files in self.sources.values() for v in files.values())
 
     def sample(self, rng: np.random.Generator | None = None) -> Sample | None:
-        """Label first, then the source, then a file; ``None`` when that source has no such label."""
+        """Label first, then the source (synthetic / real / api uniformly; synthetic uniformly over its
+        folders), then a file; ``None`` (a skipped challenge) when that source has no such image."""
         rng = rng if rng is not None else self.rng
         label = int(rng.choice([0, 1]))
-        kind = "real"
-        if self.synthetic_kinds and rng.random() < FAKE_PROB:
+        kind = SOURCE_KINDS[int(rng.integers(0, len(SOURCE_KINDS)))]
+        if kind == "synthetic" and self.synthetic_kinds:
             kind = self.synthetic_kinds[int(rng.integers(0, len(self.synthetic_kinds)))]
-        files = self.sources[kind][label]
+        files = self.sources.get(kind, {}).get(label, [])
         if not files:
+            self.skipped[kind] = self.skipped.get(kind, 0) + 1
             return None
         return Sample(label=label, path=files[int(rng.integers(0, len(files)))], source=kind)
 
@@ -119,12 +130,15 @@ def make_challenge(sample: Sample, condition: str, rng: np.random.Generator) -> 
     """Load ``sample`` and prepare it as a validator would for ``condition``."""
     from PIL import Image
 
-    from natix_miner.validator.augment import augment, encode_like_validator, fullres
+    from natix_miner.validator.augment import augment, augment_letterbox, encode_like_validator, fullres
 
     with Image.open(sample.path) as im:
         im.load()
         if condition == CONDITION_AUG:
             res = augment(im, rng=rng)
+            img, level, params = res.image, res.level, res.params
+        elif condition == CONDITION_LETTERBOX:
+            res = augment_letterbox(im, rng=rng)
             img, level, params = res.image, res.level, res.params
         elif condition == CONDITION_FULLRES:
             img, level, params = fullres(im), None, {}

@@ -12,6 +12,11 @@ the tracker, so the 10-answer accuracy window covers one challenge and the 100-a
 ten, exactly as on the real subnet for a miner that is alone in the deck), update the EMA score
 once per challenge, and build a :class:`Report`.
 
+With ``organic_share`` > 0 that share of the steps is an organic query instead (PROTOCOL §12,
+:mod:`.organic`): one full-resolution copy, scored against ``round(mean)`` of our answer and simulated
+peers' answers, in the same tracker. Challenges whose source has no image (no ``api`` folder, no
+synthetic folders) are skipped like a validator does and redrawn; ``skipped`` counts them per source.
+
 Each condition runs as its own validator (fresh tracker and score vector), one after the other,
 so ``per_condition[c]["reward"]`` and ``["ema_score"]`` are what a validator in that regime would
 compute. The top-level ``reward`` is the mean over all queries; ``ema_score`` is the mean of the
@@ -36,7 +41,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from loguru import logger
 
-from natix_miner.validator.challenges import CONDITIONS, Challenge, ImageSource, iter_challenges
+from natix_miner.validator.challenges import (CONDITION_AUG, CONDITION_FULLRES, CONDITIONS, Challenge, ImageSource,
+                                              iter_challenges)
+from natix_miner.validator.organic import ORGANIC_CONDITION, PeerModel, consensus_label, summarize_organic
 from natix_miner.validator.scoring import MinerPerformanceTracker, ScoreVector, reward
 
 DEFAULT_TIMEOUT_S = 9.0
@@ -190,7 +197,9 @@ class Report(dict):
     sklearn MCC over answered queries with ``np.round``, not clipped), ``accuracy``, ``auc``,
     ``reward`` (mean per-query validator reward), ``ema_score``, ``latency_p50_ms``,
     ``latency_p99_ms``, ``latency_max_ms`` (answered queries), ``per_condition``, ``per_level``
-    (keys "0".."3", "-1", "fullres"), ``per_source``, ``config`` and ``records`` (one per query).
+    (keys "0".."3", "-1", "fullres"), ``per_source``, ``skipped`` (challenges skipped per source for want
+    of an image), ``organic`` (the organic scenario's summary, or None), ``config`` and ``records`` (one
+    per query).
     """
 
     def __getattr__(self, key: str) -> Any:
@@ -248,9 +257,12 @@ def _level_key(r: dict) -> str:
     return "fullres" if r["level"] is None else str(r["level"])
 
 
-def build_report(records: list[dict], ema_by_condition: dict[str, float], n_challenges: int, config: dict) -> Report:
+def build_report(records: list[dict], ema_by_condition: dict[str, float], n_challenges: int, config: dict,
+                 skipped: dict[str, int] | None = None) -> Report:
     rep = Report(summarize(records))
     rep["n_challenges"] = n_challenges
+    rep["skipped"] = dict(skipped or {})
+    rep["organic"] = summarize_organic(records)
     rep["ema_score"] = float(np.mean(list(ema_by_condition.values()))) if ema_by_condition else None
     codes = _group(records, lambda r: str(r["status_code"]))
     rep["status_counts"] = {k: len(v) for k, v in sorted(codes.items())}
@@ -273,11 +285,12 @@ def build_report(records: list[dict], ema_by_condition: dict[str, float], n_chal
 
 def _normalise_conditions(conditions: str | Sequence[str]) -> list[str]:
     if isinstance(conditions, str):
-        conditions = list(CONDITIONS) if conditions == "both" else [conditions]
+        named = {"both": [CONDITION_AUG, CONDITION_FULLRES], "all": list(CONDITIONS)}
+        conditions = named.get(conditions, [conditions])
     conds = list(conditions)
     for c in conds:
         if c not in CONDITIONS:
-            raise ValueError(f"unknown condition {c!r}; choose from {CONDITIONS} or 'both'")
+            raise ValueError(f"unknown condition {c!r}; choose from {CONDITIONS}, 'both' or 'all'")
     return conds
 
 
@@ -298,18 +311,22 @@ async def run_mock_validator_async(
     timeout: float = DEFAULT_TIMEOUT_S,
     offline: bool | None = None,
     uid: int = 0,
+    organic_share: float = 0.0,
+    peers: PeerModel | None = None,
 ) -> Report:
     """Challenge a miner like a NATIX validator and report how it would be scored.
 
     ``axon``: the miner's ``AxonInfo``/``Axon`` or ``"HOST:PORT"`` (or ``host=``/``port=``) plus
     ``miner_hotkey`` (its ss58 hotkey; taken from the AxonInfo when one is given). ``source``: an
     :class:`ImageSource` or a folder with ``roadwork/`` and ``no_roadwork/``. ``n_challenges``:
-    challenges *per condition*; ``conditions``: ``"aug-2026-01"``, ``"fullres"``, ``"both"`` or a
+    challenges *per condition*; ``conditions``: one of :data:`.challenges.CONDITIONS`, ``"both"`` (aug + fullres), ``"all"`` or a
     list. ``wallet``: the validator's wallet (a throwaway one in a temp dir when ``None``; the miner
     must accept its hotkey, e.g. ``--mock.validators <ss58>``). ``burst``: concurrent identical
     copies per challenge (10 = a miner alone in the UIDDeck). ``timeout``: 9 s like the validator.
     ``offline``: pin the dendrite's public-IP lookup to loopback (default: when the miner is on a
     loopback address). ``sleep_s``: pause between challenges (the validator sleeps 60 s).
+    ``organic_share``: share of the steps that are organic queries scored by peer consensus, with
+    ``peers`` (default :class:`PeerModel`: 9 peers of accuracy 0.8).
 
     This coroutine is for callers already inside an event loop; :func:`run_mock_validator` runs it in
     its own loop.
@@ -319,6 +336,9 @@ async def run_mock_validator_async(
     if not isinstance(source, ImageSource):
         source = ImageSource(source)
     conds = _normalise_conditions(conditions)
+    if not (0.0 <= organic_share < 1.0):
+        raise ValueError(f"organic_share must be in [0, 1), got {organic_share}")
+    peers = peers if peers is not None else PeerModel()
     axon_info = resolve_axon(axon, host, port, miner_hotkey)
     hotkey = axon_info.hotkey
     if offline is None:
@@ -342,14 +362,23 @@ async def run_mock_validator_async(
         for cond in conds:
             tracker = MinerPerformanceTracker()
             scores = ScoreVector(n=uid + 1)
-            for ch in iter_challenges(source, n_challenges, cond, rng):
-                ch: Challenge
-                resps = await query(dendrite, axon_info, ch.image_b64, timeout=timeout, n_copies=burst)
-                rewards = [reward(r.prediction, ch.label, uid, hotkey, tracker) for r in resps]
+            for _ in range(n_challenges):
+                organic = organic_share > 0 and rng.random() < organic_share
+                ch: Challenge = next(iter_challenges(source, 1, CONDITION_FULLRES if organic else cond, rng))
+                if organic:  # one copy to us; the other nine miners are simulated
+                    resps = await query(dendrite, axon_info, ch.image_b64, timeout=timeout, n_copies=1)
+                    scored = consensus_label(peers.answers(ch.label, rng) + [resps[0].prediction])
+                    rewards = [reward(resps[0].prediction, scored, uid, hotkey, tracker) if scored is not None
+                               else 0.0]
+                else:
+                    resps = await query(dendrite, axon_info, ch.image_b64, timeout=timeout, n_copies=burst)
+                    scored = ch.label
+                    rewards = [reward(r.prediction, ch.label, uid, hotkey, tracker) for r in resps]
                 scores.update([uid] * len(rewards), rewards)
                 for k, (r, rw) in enumerate(zip(resps, rewards)):
-                    rec = {"challenge": ci, "copy": k, "condition": cond, "level": ch.level, "source": ch.source,
-                           "path": str(ch.path), "label": ch.label, "image_size": list(ch.size), "reward": rw}
+                    rec = {"challenge": ci, "copy": k, "condition": ORGANIC_CONDITION if organic else cond,
+                           "level": ch.level, "source": ch.source, "path": str(ch.path), "label": ch.label,
+                           "organic": organic, "scored_label": scored, "image_size": list(ch.size), "reward": rw}
                     rec.update(asdict(r))
                     records.append(rec)
                 ci += 1
@@ -373,8 +402,10 @@ async def run_mock_validator_async(
               "validator_hotkey": wallet.hotkey.ss58_address, "conditions": conds, "burst": burst,
               "timeout_s": timeout, "seed": seed, "uid": uid, "offline": offline, "sleep_s": sleep_s,
               "images": str(source.real_dir), "synthetic": list(source.synthetic_kinds),
+              "api": str(source.api_dir) if source.api_dir is not None else None,
+              "organic_share": organic_share, "peers": asdict(peers) if organic_share > 0 else None,
               "wall_s": round(time.monotonic() - t_start, 3)}
-    return build_report(records, ema_by_condition, ci, config)
+    return build_report(records, ema_by_condition, ci, config, skipped=source.skipped)
 
 
 def run_mock_validator(*args, **kwargs) -> Report:

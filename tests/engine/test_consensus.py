@@ -179,3 +179,46 @@ def test_pipeline_output_is_safe(votes, bias, eps):
     pooled = pool_geometric([p for p, _ in votes], [w for _, w in votes], bias)
     out = finalize(None if pooled is None else calibrate(pooled, 0.6, 1.5), eps)
     assert math.isfinite(out) and eps - 1e-15 <= out <= 1 - eps + 1e-15 and out != 0.5
+
+
+# ------------------------------------------------------------------------------------ pinned NaN cases
+# (issue 12) The property tests above draw NaN only now and then: a removed NaN guard was caught in one run of
+# ten. These explicit cases fail every time a guard in _valid_p / pool / finalize is removed.
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("method", ["geometric", "design_legacy"])
+@pytest.mark.parametrize("ps, ws, bias, clean", [
+    # (votes, weights, bias) with NaN/inf somewhere, and the votes that must remain: None = no votes left
+    ([NAN], [1.0], 0.0, None),
+    ([0.9, NAN], [1.0, 1.0], 0.0, ([0.9], [1.0])),          # a NaN vote is skipped
+    ([NAN, 0.2, NAN], [1.0, 1.0, 1.0], 0.0, ([0.2], [1.0])),
+    ([0.9, 0.2], [1.0, NAN], 0.0, ([0.9], [1.0])),          # a NaN weight drops its vote
+    ([0.9, 0.2], [1.0, INF], 0.0, ([0.9], [1.0])),          # so does an infinite one
+    ([0.9, 0.2], [NAN, NAN], 0.0, None),
+    ([0.9], [1.0], NAN, ([0.9], [1.0])),                    # a NaN bias counts as 0
+    ([NAN, 0.7], [1.0, 2.0], INF, ([0.7], [2.0])),          # so does an infinite one
+])
+def test_nan_inputs_never_reach_the_pooled_value(method, ps, ws, bias, clean):
+    out = pool(method, ps, ws, bias)
+    if clean is None:
+        assert out is None
+        return
+    assert out is not None and math.isfinite(out) and 0.0 <= out <= 1.0
+    assert out == pytest.approx(pool(method, clean[0], clean[1], 0.0))
+
+
+@pytest.mark.parametrize("p", [NAN, -NAN, float("-inf"), INF, None, "nan"])
+@pytest.mark.parametrize("eps", [1e-3, NAN])
+@pytest.mark.parametrize("fallback", [0.5, NAN])
+def test_finalize_pinned_nan_cases(p, eps, fallback):
+    out = finalize(p, eps, fallback=fallback)
+    assert type(out) is float and math.isfinite(out) and 0.0 <= out <= 1.0 and out != 0.5
+    if p is None or (isinstance(p, float) and math.isnan(p)) or p == "nan":
+        assert out == pytest.approx(0.5 - 1e-4)  # the neutral fallback, never NaN
+
+
+def test_nan_vote_through_pool_calibrate_finalize_is_a_safe_answer():
+    pooled = pool("geometric", [NAN, NAN], [1.0, 1.0])
+    assert pooled is None
+    assert finalize(None if pooled is None else calibrate(pooled, 0.001453), 1e-3) == pytest.approx(0.4999)

@@ -1,4 +1,5 @@
-"""scripts/train_head.py end to end on a tiny generated dataset (folder layout + a parquet folder).
+"""scripts/train_head.py (natix_miner.training.head) end to end on a tiny generated dataset (folder layout + a
+parquet folder).
 
 Images are small and the backbone runs at a 64-pixel short side, so the whole run takes seconds.
 """
@@ -80,23 +81,24 @@ def _parquet_dataset(root: Path, n: int = 6) -> Path | None:
 
 
 def test_parquet_reader_and_validator_filter(tmp_path):
-    th = _load_script()
+    from natix_miner.training.data import load_image, scan_sources
+
     root = _parquet_dataset(tmp_path / "natix")
     if root is None:
         pytest.skip("no parquet library (pyarrow/polars/pandas) installed")
-    items, dropped = th.scan_parquet(root, block=1)
-    assert len(items) == 12 and dropped == {"label_description_mismatch": 1}
+    items, infos = scan_sources([str(root)], group_block=1)
+    assert len(items) == 12 and infos[0].dropped == {"label_description_mismatch": 1}
     assert sorted({it.label for it in items}) == [0, 1]
-    img = th.ImageLoader()(items[3])
+    img = load_image(items[3])
     assert img.mode == "RGB" and img.size == (96, 64)
 
 
 def test_groups_keep_nearby_frames_together():
     from natix_miner.evaluation.dataset import source_of
+    from natix_miner.training.data import stem_group
 
-    th = _load_script()
-    assert th._stem_group("gtsdb_00459", 30) == th._stem_group("gtsdb_00461", 30)
-    assert th._stem_group("gtsdb_00029", 30) != th._stem_group("gtsdb_00046", 30)
+    assert stem_group("gtsdb_00459", 30) == stem_group("gtsdb_00461", 30)
+    assert stem_group("gtsdb_00029", 30) != stem_group("gtsdb_00046", 30)
     assert source_of("tracon_test__img_1") == "tracon"
 
 
@@ -155,3 +157,63 @@ def test_train_head_end_to_end(tmp_path):
     report2 = th.main(argv)
     assert report2["threshold"] == report["threshold"]
     assert report2["heldout"] == report["heldout"]
+
+
+def _two_rules_folder(root: Path) -> dict[str, float]:
+    """40 frames, each its own group; fixed scores where MCC at 50/50 wants a threshold <= 0.25 (find the 'lo'
+    roadwork, accept the 'fp' false alarms) and MCC at the data's 1:9 balance one above 0.28."""
+    score = {}
+    n = 0
+    for sub, kind, count in (("roadwork", "hi", 2), ("roadwork", "lo", 2), ("no_roadwork", "fp", 8),
+                             ("no_roadwork", "neg", 28)):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        for _ in range(count):
+            n += 1
+            name = f"{kind}_{n:03d}"
+            _image(int(sub == "roadwork"), n, size=(48, 32)).save(root / sub / f"{name}.jpg")
+            score[name] = {"hi": 0.6 + 0.01 * n, "lo": 0.25 + 0.001 * n, "fp": 0.28 + 0.001 * n,
+                           "neg": 0.004 * n}[kind]
+    return score
+
+
+def test_head_path_uses_the_balanced_threshold_by_default(tmp_path, monkeypatch):
+    """The 50/50 rule must be the default in the head path too (a mutation once slipped through): with the
+    model's out-of-fold scores fixed, the stored threshold is best_threshold(..., 'balanced'), not 'raw'."""
+    import natix_miner.training.head as head_mod
+    from natix_miner.training.cv import ViewScores
+    from natix_miner.training.metrics import best_threshold
+
+    th = _load_script()
+    score = _two_rules_folder(tmp_path / "frames")
+
+    def fixed_scores(views_of, feats, args):
+        def fit_predict(train, sets):
+            return [ViewScores(list(range(len(x))), ["full"] * len(x),
+                               [score[Path(s.path).stem] for s in x]) for x in sets]
+        return fit_predict
+
+    monkeypatch.setattr(head_mod, "head_fit_predict", fixed_scores)
+    y = np.array([int(k.startswith(("hi", "lo"))) for k in score])
+    p = np.array(list(score.values()))
+    t_bal, t_raw = best_threshold(y, p), best_threshold(y, p, "raw")
+    assert t_bal <= 0.26 and t_raw > 0.28
+    base = ["--data", str(tmp_path / "frames"), "--cache", "", "--backbone-option", "short_side=32",
+            "--backbone-option", "max_long_side=48", "--group-block", "1", "--test-frac", "0", "--val-folds", "4",
+            "--train-crops", "0", "--head", "linear", "--cv-repeats", "1"]
+    default = th.main(base + ["--out", str(tmp_path / "default")])
+    raw = th.main(base + ["--out", str(tmp_path / "raw"), "--threshold-objective", "raw"])
+    assert default["threshold"] == pytest.approx(t_bal, abs=1e-6)
+    assert raw["threshold"] == pytest.approx(t_raw, abs=1e-6)
+    assert default["nested_cv"]["threshold_mean"] < 0.27 < raw["nested_cv"]["threshold_mean"]
+    prov = json.loads((tmp_path / "default" / "provenance.json").read_text())
+    assert "at 50/50 label balance" in prov["threshold"]["objective"]
+
+
+def test_unreadable_images_are_skipped_and_counted(tmp_path):
+    th = _load_script()
+    folder = _folder_dataset(tmp_path / "cams", n=5)
+    (folder / "no_roadwork" / "cam_099.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    report = th.main(["--data", str(folder), "--out", str(tmp_path / "h"), "--cache", "", "--backbone-option",
+                      "short_side=32", "--backbone-option", "max_long_side=48", "--group-block", "1",
+                      "--test-frac", "0", "--val-folds", "2", "--train-crops", "0", "--head", "linear"])
+    assert report["unreadable"] == 1 and report["cv"]["all"]["full"]["n"] == 10

@@ -79,3 +79,19 @@ def test_mock_chain_layout():
     assert snap.validator_permit[snap.uid_of("v2")] and snap.stake[snap.uid_of("v2")] == 123.0
     assert not snap.validator_permit[snap.uid_of("m1")]
     assert snap.uid_of("nobody") is None
+
+
+# the subnet owner's validator often sits at uid 0: "if not uid" instead of "if uid is None" would refuse it
+SNAP_UID0 = ChainSnapshot(("owner-val", "miner", "nonval"), (True, False, False), (9000.0, 0.0, 10.0), 1)
+
+
+def test_validator_with_permit_at_uid0_is_served():
+    bl, why = check_caller("owner-val", SNAP_UID0, BlacklistPolicy())
+    assert not bl, why
+    assert "uid 0" in why
+    bl, why = check_caller("owner-val", SNAP_UID0, BlacklistPolicy(min_stake=100.0))
+    assert not bl, why
+
+
+def test_priority_of_validator_at_uid0_is_its_stake():
+    assert caller_priority("owner-val", SNAP_UID0) == 9000.0

@@ -11,7 +11,7 @@ from PIL import Image
 from _helpers import free_port, make_wallet
 from natix_miner.neuron.chain import LocalMockChain
 from natix_miner.neuron.config import parse_config
-from natix_miner.neuron.miner import Miner
+from natix_miner.neuron.miner import HARD_CUT_GRACE_S, Miner
 from natix_miner.protocol import ImageSynapse
 
 PROFILE = """\
@@ -27,6 +27,16 @@ tiers:
     models:
       - {{name: bad, type: fake, licence: MIT, timeout_s: {timeout}, options: {opts}}}
 """
+
+
+# What the README promises: an accepted request is answered within the deadline plus the hard cut's grace
+# (HARD_CUT_GRACE_S, 0.25 s) of receipt. SCHEDULING_SLACK_S is what these tests add for thread and event-loop
+# scheduling on a loaded 2-core machine; all of it is far inside the validators' 9 s.
+SCHEDULING_SLACK_S = 0.75
+
+
+def bound(deadline: float) -> float:
+    return deadline + HARD_CUT_GRACE_S + SCHEDULING_SLACK_S
 
 
 def _jpeg(color=(200, 30, 30)) -> str:
@@ -63,7 +73,7 @@ def test_faulty_second_tier_still_answers_in_time(tmp_path, opts):
     try:
         for _ in range(3):  # repeated failures trip the breaker; answers keep coming
             res, took = _forward(m, n=2)
-            assert took < 1.5 + 1.0, f"took {took:.2f} s"
+            assert took < bound(1.5), f"took {took:.2f} s"
             for s in res:
                 assert 0.0 <= s.prediction <= 1.0 and s.prediction != 0.5
                 assert s.prediction > 0.5  # the steady model's vote survives
@@ -76,7 +86,7 @@ def test_later_requests_recover_after_a_hang(tmp_path):
     try:
         for _ in range(4):
             res, took = _forward(m)
-            assert took < 2.5 and 0.5 < res[0].prediction <= 1.0
+            assert took < bound(1.2) and 0.5 < res[0].prediction <= 1.0
     finally:
         m.stop()
 
@@ -128,7 +138,7 @@ def test_engine_that_hangs_is_cut_at_the_deadline(tmp_path):
     m.engine.infer = slow
     try:
         res, took = _forward(m)
-        assert took < 2.0 and res[0].prediction == pytest.approx(0.4999)
+        assert took < bound(1.0) and res[0].prediction == pytest.approx(0.4999)
     finally:
         m.stop()
 
@@ -138,11 +148,12 @@ def test_inflight_reservations_expire_when_forward_never_runs(monkeypatch):
     cfg = parse_config(["--mock", "--wandb.off", "--blacklist.max_concurrent", "2"])
     m = Miner(cfg)
     now = [100.0]
-    monkeypatch.setattr(time, "monotonic", lambda: now[0])
-    assert m._reserve("a", 1) is None and m._reserve("b", 2) is None
-    assert "busy" in m._reserve("c", 3)  # the global cap
-    m._claim("a", 1)  # forward of request 1 starts: the reservation becomes the running slot
-    m._release("a")
-    assert m._reserve("c", 3) is None  # a free slot again
-    now[0] += Miner.RESERVATION_TTL_S + 1  # request 2 never reached forward (e.g. a 401), request 3 neither
-    assert m._reserve("d", 4) is None and m._inflight == 1
+    monkeypatch.setattr(m.admission, "clock", lambda: now[0])
+    adm = m.admission
+    assert adm.reserve("a", 1, validator=False) is None and adm.reserve("b", 2, validator=False) is None
+    assert "busy" in adm.reserve("c", 3, validator=False)  # the global cap (callers without a permit)
+    adm.claim("a", 1)  # forward of request 1 starts: the reservation becomes the running slot
+    adm.release("a")
+    assert adm.reserve("c", 3, validator=False) is None  # a free slot again
+    now[0] += adm.reservation_ttl_s + 1  # request 2 never reached forward (e.g. a 401), request 3 neither
+    assert adm.reserve("d", 4, validator=False) is None and adm.inflight == 1

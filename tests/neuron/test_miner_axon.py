@@ -127,7 +127,8 @@ def test_health_endpoint_reports_ready_and_counts(running):
 
 
 def test_per_hotkey_concurrency_cap_refuses_a_flood_but_serves_others(tmp_path):
-    """A flood from one caller is cut at --blacklist.max_concurrent_per_hotkey; another validator is served."""
+    """A flood from a caller without a validator permit is cut at --blacklist.max_concurrent_per_hotkey; a
+    validator is served (validators themselves are never refused for load: tests/neuron/test_admission.py)."""
     prof = tmp_path / "slow.yaml"
     prof.write_text("name: slow\ndeadline_s: 3.0\ntiers:\n  - name: t\n    exit_threshold: 0.9\n    models:\n"
                     "      - {name: slow, type: fake, licence: MIT, options: {p: 0.9, latency_ms: 600}}\n"
@@ -135,7 +136,8 @@ def test_per_hotkey_concurrency_cap_refuses_a_flood_but_serves_others(tmp_path):
     make_wallet(tmp_path, "miner")
     flood = make_wallet(tmp_path, "flood")
     other = make_wallet(tmp_path, "other")
-    cfg = parse_config(["--mock", "--mock.validators", f"{flood.hotkey.ss58_address},{other.hotkey.ss58_address}",
+    cfg = parse_config(["--mock", "--mock.validators", other.hotkey.ss58_address, "--mock.miners",
+                        flood.hotkey.ss58_address, "--blacklist.allow_non_validators",
                         "--wallet.path", str(tmp_path), "--wallet.name", "miner", "--profile", str(prof),
                         "--wandb.off", "--axon.port", str(free_port()), "--blacklist.max_concurrent_per_hotkey", "3"])
     m = Miner(cfg)
@@ -163,6 +165,6 @@ def test_per_hotkey_concurrency_cap_refuses_a_flood_but_serves_others(tmp_path):
         codes = [r[0].dendrite.status_code for r in flood_res]
         assert codes.count(200) >= 3 and codes.count(403) >= 1, codes
         assert mine[0].dendrite.status_code == 200 and mine[0].prediction > 0.5
-        assert m.stats.busy_refused >= 1 and m._inflight == 0
+        assert m.stats.busy_refused >= 1 and m.admission.inflight == 0
     finally:
         m.stop()

@@ -89,6 +89,9 @@ def test_short_soak_answers_everything(tmp_path):
     assert len(rss["series"]) >= 3 and rss["max"] >= rss["start"] > 50
     assert rss["pid"] == r["miner"]["pid"] and math.isfinite(rss["slope_mb_per_min"])
     assert r["miner"]["exit_code"] == 0
+    st = r["miner"]["stats"]  # the miner's own counters, read from its /stats before it was stopped
+    assert st["requests"] == r["requests"] and st["answered"] == r["requests"] and st["busy_refused"] == 0
+    assert st["degraded"] >= 0 and st["admission"]["in_flight"] == 0
     assert "--mock" in r["miner"]["command"] and "--wandb.off" in r["miner"]["command"]
     assert all(hk in r["miner"]["command"] for hk in r["validator_hotkeys"])
     assert "--validators 2" in r["command"]

@@ -30,22 +30,46 @@ def test_list_images_ignores_other_files(tmp_path):
     assert all(p.suffix in (".jpg", ".png") for v in files.values() for p in v)
 
 
-def test_labels_uniform_and_all_real_without_synthetic(tmp_path):
+def test_labels_uniform_and_only_real_queried_without_synthetic_or_api(tmp_path):
     src = ImageSource(_folder(tmp_path / "real"), seed=0)
-    samples = [src.sample() for _ in range(2000)]
-    assert all(s is not None and s.source == "real" for s in samples)
+    draws = [src.sample() for _ in range(3000)]
+    samples = [s for s in draws if s is not None]
+    assert all(s.source == "real" for s in samples)
+    # the synthetic and api thirds are skipped (nothing sent), like a validator whose server has no task
+    assert abs(len(samples) / 3000 - 1 / 3) < 0.03
+    assert set(src.skipped) == {"synthetic", "api"} and sum(src.skipped.values()) == 3000 - len(samples)
     share = np.mean([s.label for s in samples])
-    assert abs(share - 0.5) < 0.04
+    assert abs(share - 0.5) < 0.05
     for s in samples[:50]:
         assert s.path.parent.name == ("roadwork" if s.label == 1 else "no_roadwork")
 
 
-def test_real_i2i_t2i_split(tmp_path):
+def test_source_mix_is_a_third_real_sixth_i2i_sixth_t2i_third_api(tmp_path):
     src = ImageSource(_folder(tmp_path / "real"),
-                      synthetic=[_folder(tmp_path / "i2i", tag="a"), _folder(tmp_path / "t2i", tag="b")], seed=1)
-    c = Counter(src.sample().source for _ in range(4000))
-    assert abs(c["real"] / 4000 - 0.5) < 0.03
-    assert abs(c["i2i"] / 4000 - 0.25) < 0.03 and abs(c["t2i"] / 4000 - 0.25) < 0.03
+                      synthetic=[_folder(tmp_path / "i2i", tag="a"), _folder(tmp_path / "t2i", tag="b")],
+                      api=_folder(tmp_path / "api", tag="c"), seed=1)
+    n = 6000
+    draws = [src.sample() for _ in range(n)]
+    assert all(d is not None for d in draws) and not src.skipped
+    c = Counter(d.source for d in draws)
+    assert abs(c["real"] / n - 1 / 3) < 0.025 and abs(c["api"] / n - 1 / 3) < 0.025
+    assert abs(c["i2i"] / n - 1 / 6) < 0.02 and abs(c["t2i"] / n - 1 / 6) < 0.02
+    for d in draws[:100]:
+        assert d.path.parts[-3] == d.source  # the file comes from the drawn source's folder
+    # the label is drawn first: 50/50 within every source
+    for kind in ("real", "i2i", "t2i", "api"):
+        labels = [d.label for d in draws if d.source == kind]
+        assert abs(np.mean(labels) - 0.5) < 0.06, kind
+
+
+def test_api_folder_missing_a_label_skips_those_draws(tmp_path):
+    api = tmp_path / "api"
+    _folder(api, n_pos=2, n_neg=0, tag="c")
+    src = ImageSource(_folder(tmp_path / "real"), api=api, seed=4)
+    draws = [src.sample() for _ in range(600)]
+    api_draws = [d for d in draws if d is not None and d.source == "api"]
+    assert api_draws and all(d.label == 1 for d in api_draws)
+    assert src.skipped.get("api", 0) > 0
 
 
 def test_missing_label_skips(tmp_path):
@@ -71,7 +95,7 @@ def _decode(b64):
 def test_conditions(tmp_path):
     src = ImageSource(_folder(tmp_path / "real"), seed=3)
     rng = np.random.default_rng(0)
-    s = src.sample()
+    s = next(d for d in iter(src.sample, 0) if d is not None)  # the first draw that is not skipped
     aug = make_challenge(s, "aug-2026-01", rng)
     assert aug.level in (0, 1, 2, 3) and aug.size == (224, 224)
     img = _decode(aug.image_b64)
@@ -81,3 +105,30 @@ def test_conditions(tmp_path):
     assert _decode(full.image_b64).size == (320, 200)
     with pytest.raises(ValueError):
         make_challenge(s, "nope", rng)
+
+
+def test_letterbox_condition_fits_pads_and_never_crops(tmp_path):
+    """letterbox-2026-04 (PROTOCOL §12): fit inside 224×224 keeping the aspect ratio, pad black, centred."""
+    from natix_miner.validator.augment import augment_letterbox, letterbox_base
+    from natix_miner.validator.challenges import Sample
+
+    img = Image.new("RGB", (448, 224), (40, 60, 200))
+    for x in range(0, 8):  # a red stripe on the very left edge: a crop would cut it
+        for y in range(224):
+            img.putpixel((x, y), (250, 0, 0))
+    t = letterbox_base(img)
+    assert tuple(t.shape) == (3, 224, 224)
+    arr = (t.numpy() * 255).round()
+    assert arr[:, :50, :].max() == 0 and arr[:, -50:, :].max() == 0  # 224×112 content: black bars top and bottom
+    assert arr[0, 112, 0] > 200 and arr[2, 112, 0] < 50  # the left-edge stripe survived
+    assert arr[2, 112, 112] > 150  # the blue content, centred
+    rng = np.random.default_rng(0)
+    for level in (0, 1, 2, 3):
+        res = augment_letterbox(img, rng, level=level)
+        assert res.level == level and res.image.size == (224, 224) and res.params["letterbox"]
+        assert ("angle" in res.params) == (level > 0) and ("distortions" in res.params) == (level >= 2)
+    real = _folder(tmp_path / "real")
+    s = Sample(label=1, path=sorted((real / "roadwork").glob("*.jpg"))[0], source="real")
+    ch = make_challenge(s, "letterbox-2026-04", rng)
+    assert ch.condition == "letterbox-2026-04" and ch.size == (224, 224) and ch.level in (0, 1, 2, 3)
+    assert _decode(ch.image_b64).size == (224, 224)

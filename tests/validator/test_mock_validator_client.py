@@ -88,6 +88,43 @@ def test_run_mock_validator_end_to_end(toy_axon, tmp_path):
     assert all(t == pytest.approx(9.0) for _, t in toy_axon["seen"])
 
 
+def test_all_conditions_with_api_images_break_down_per_source_and_condition(toy_axon, tmp_path):
+    val_w = make_wallet(tmp_path, "validator-all")
+    src = ImageSource(_folder(tmp_path / "imgs"), api=_folder(tmp_path / "api"), seed=2)
+    rep = run_mock_validator(f"127.0.0.1:{toy_axon['port']}", src, n_challenges=6, conditions="all",
+                             wallet=val_w, miner_hotkey=toy_axon["hotkey"], burst=2, seed=2, progress=False)
+    assert set(rep.per_condition) == {"aug-2026-01", "letterbox-2026-04", "fullres"}
+    assert all(m["n"] == 12 and m["no_answer"] == 0 for m in rep.per_condition.values())
+    assert set(rep.per_source) <= {"real", "api"} and sum(m["n"] for m in rep.per_source.values()) == 36
+    assert "api" in rep.per_source and "real" in rep.per_source
+    assert rep.skipped.get("synthetic", 0) > 0 and "api" not in rep.skipped  # no synthetic folders given
+    assert rep.config["api"] == str(tmp_path / "api") and rep.organic is None
+    assert rep.accuracy == 1.0
+
+
+@pytest.mark.parametrize("peer_accuracy, outvoted", [(0.0, True), (1.0, False)])
+def test_organic_queries_are_scored_by_peer_consensus(toy_axon, tmp_path, peer_accuracy, outvoted):
+    from natix_miner.validator.organic import PeerModel
+
+    val_w = make_wallet(tmp_path, f"validator-org{peer_accuracy}")
+    src = ImageSource(_folder(tmp_path / "imgs"), seed=3)
+    rep = run_mock_validator(f"127.0.0.1:{toy_axon['port']}", src, n_challenges=12, conditions="fullres",
+                             wallet=val_w, miner_hotkey=toy_axon["hotkey"], burst=3, seed=3, progress=False,
+                             organic_share=0.5, peers=PeerModel(n_peers=9, accuracy=peer_accuracy))
+    org = [r for r in rep.records if r["organic"]]
+    assert org and rep.organic["n"] == len(org) and "organic" in rep.per_condition
+    assert all(r["copy"] == 0 and r["condition"] == "organic" for r in org)  # one copy, not a burst
+    assert sum(1 for r in rep.records if not r["organic"]) == 3 * (12 - len(org))
+    assert rep.organic["miner_accuracy_truth"] == 1.0  # the toy miner is always right
+    if outvoted:  # nine always-wrong peers outvote it: scored against the wrong label every time
+        assert all(r["scored_label"] == 1 - r["label"] for r in org)
+        assert rep.organic["agreement"] == 0.0 and rep.organic["right_but_outvoted"] == len(org)
+        assert rep.reward < 0.5
+    else:
+        assert all(r["scored_label"] == r["label"] for r in org)
+        assert rep.organic["agreement"] == 1.0 and rep.organic["right_but_outvoted"] == 0
+
+
 def test_wrong_hotkey_is_no_answer(toy_axon, tmp_path):
     """The axon refuses a request addressed to another hotkey; the validator reads -1."""
     import asyncio
@@ -125,12 +162,13 @@ def test_script_writes_a_report(toy_axon, tmp_path, capsys):
     spec.loader.exec_module(mod)
     out = tmp_path / "r.json"
     rc = mod.main(["--axon", f"127.0.0.1:{toy_axon['port']}", "--hotkey", toy_axon["hotkey"],
-                   "--images", str(_folder(tmp_path / "imgs")), "--challenges", "2", "--condition", "fullres",
-                   "--burst", "3", "--seed", "1", "--report", str(out), "--no-progress",
-                   "--wallet.path", str(tmp_path / "w")])
+                   "--images", str(_folder(tmp_path / "imgs")), "--challenges", "2", "--condition", "letterbox-2026-04",
+                   "--api-images", str(_folder(tmp_path / "api")), "--burst", "3", "--seed", "1", "--report", str(out),
+                   "--no-progress", "--wallet.path", str(tmp_path / "w")])
     assert rc == 0
     rep = json.loads(out.read_text())
-    assert rep["n"] == 6 and rep["no_answer"] == 0 and list(rep["per_condition"]) == ["fullres"]
+    assert rep["n"] == 6 and rep["no_answer"] == 0 and list(rep["per_condition"]) == ["letterbox-2026-04"]
+    assert rep["config"]["api"] == str(tmp_path / "api") and set(rep["per_source"]) <= {"real", "api"}
     text = capsys.readouterr().out
     assert "validator hotkey: 5" in text and "MCC / accuracy / AUC" in text
 
