@@ -44,7 +44,8 @@ const common = {
   exp_backoff_restart_delay: 2000,
   kill_timeout: 15000,
   merge_logs: true,
-  time: true,
+  time: false, // loguru timestamps every line (no double timestamps)
+  stop_exit_codes: [78], // natix_miner.neuron.config.CONFIG_EXIT_CODE: no restart loop for a configuration error
 };
 
 const apps = [

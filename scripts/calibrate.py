@@ -5,9 +5,11 @@
         --out configs/my-calibrated.yaml --report reports/calibration.json [--holdout 0.3] [--latency-budget-ms 500]
 
 Runs every tier of the profile on every image of DIR (roadwork/ and no_roadwork/) to record each model's
-vote and latency, splits the images (stratified) into a fit and a held-out part, fits on the fit part
+vote and per-image latency (its call's time divided by the call's images, so --latency-budget-ms is compared
+with what one request costs, whatever the batch), splits the images (stratified) into a fit and a held-out part, fits on the fit part
 (see natix_miner/evaluation/calibration.py), and prints the simulated expected reward, MCC, accuracy and
-latency before and after on the held-out part. The fitted profile is written to --out.
+latency before and after on the held-out part. The fitted profile is written to --out: the source profile's
+text with the fitted values changed, its comments kept. Warns when a split has few images of a class.
 """
 
 import argparse
@@ -33,35 +35,28 @@ def collect_samples(profile, images: str, condition: str, seed: int, limit_per_c
     return [Sample(label=r.label, votes=r.votes, latencies=r.latencies or {}) for r in records]
 
 
-def write_profile(src: str, out: str, params, tier_names: list[str], header: str) -> None:
-    import yaml
+def write_profile(profile, out: str, params, tier_names: list[str], header: str) -> None:
+    from natix_miner.evaluation.calibration import calibrated_profile_text
 
-    data = yaml.safe_load(Path(src).read_text())
-    for t in data["tiers"]:
-        if t["name"] in tier_names:
-            t["exit_threshold"] = round(float(params.exit_thresholds[tier_names.index(t["name"])]), 4)
-        for m in t.get("models", []):
-            if m["name"] in params.weights:
-                m["weight"] = round(float(params.weights[m["name"]]), 4)
-    data.setdefault("consensus", {})
-    data["consensus"]["method"] = "geometric"
-    data["consensus"]["bias"] = round(float(params.bias), 4)
-    data.setdefault("calibration", {})
-    data["calibration"]["threshold"] = round(float(params.threshold), 4)
-    data["name"] = f"{data['name']}-calibrated"
+    text = calibrated_profile_text(
+        Path(profile.source).read_text(encoding="utf-8"), params, dict(zip(tier_names, params.exit_thresholds)),
+        [t.name for t in profile.tiers], [[m.name for m in t.models] for t in profile.tiers], profile.name, header)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(header + yaml.safe_dump(data, sort_keys=False))
+    Path(out).write_text(text, encoding="utf-8")
 
 
 def main(argv=None) -> int:
+    from natix_miner.evaluation.evaluate import CONDITIONS, DEFAULT_CONDITION
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default=None)
     ap.add_argument("--images", required=True)
-    ap.add_argument("--condition", default="aug-2026-01", choices=["none", "fullres", "aug-2026-01"],
-                    help="what a validator does to the images before sending (default: the augmentation port)")
+    ap.add_argument("--condition", default=DEFAULT_CONDITION, choices=CONDITIONS,
+                    help="what a validator does to the images before sending (default: as scripts/evaluate.py)")
     ap.add_argument("--holdout", type=float, default=0.3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--latency-budget-ms", type=float, default=None, help="mean simulated latency budget")
+    ap.add_argument("--latency-budget-ms", type=float, default=None,
+                    help="budget for the mean simulated per-image latency (each model call's time / its images)")
     ap.add_argument("--limit-per-class", type=int, default=None)
     ap.add_argument("--out", required=True, help="where to write the calibrated profile YAML")
     ap.add_argument("--report", default=None)
@@ -79,6 +74,8 @@ def main(argv=None) -> int:
     samples = collect_samples(profile, a.images, a.condition, a.seed, a.limit_per_class, a.allow_restricted)
     fit, held = cal.split(samples, a.holdout, a.seed)
     print(f"{len(samples)} images: {len(fit)} to fit, {len(held)} held out")
+    for w in cal.sample_warnings(fit, held):
+        print(f"WARNING: {w}")
 
     before = cal.CascadeParams(
         weights={m.name: m.weight for _, m in profile.models()}, bias=profile.consensus.bias,
@@ -101,11 +98,11 @@ def main(argv=None) -> int:
     header = (f"# Calibrated by scripts/calibrate.py from {profile.source} on {a.images} ({a.condition}),\n"
               f"# fit on {len(fit)} images, held-out {len(held)}: expected reward "
               f"{res['before']['expected_reward']:.4f} -> {res['after']['expected_reward']:.4f}\n")
-    write_profile(profile.source, a.out, after, tier_names, header)
+    write_profile(profile, a.out, after, tier_names, header)
     for k in ("before", "after"):
         r = res[k]
         print(f"{k:>6} (held out): expected reward {r['expected_reward']:.4f}  MCC {r['mcc']:.3f}  "
-              f"accuracy {r['accuracy']:.3f}  mean latency {r['mean_latency_ms']:.1f} ms")
+              f"accuracy {r['accuracy']:.3f}  mean latency {r['mean_latency_ms']:.1f} ms per image")
     print(f"change in simulated expected reward: {res['delta_expected_reward']:+.4f}")
     print(f"calibrated profile: {a.out}")
     if a.report:

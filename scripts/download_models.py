@@ -176,7 +176,14 @@ def download_one(art: Artefact) -> str:
     return "nothing to fetch"
 
 
-def download(profile: "Profile", specs: list["ModelSpec"], allow_restricted: bool) -> list[Row]:
+def download(profile: "Profile", specs: list["ModelSpec"], allow_restricted: bool,
+             reachable=None) -> list[Row]:
+    """Fetch each spec's artefacts. The first time a host cannot be reached, say "no network" once and mark
+    every remote artefact of that host "missing (no network)" instead of trying (and retrying) each."""
+    from natix_miner.ops.probes import download_host, is_network_error, tcp_connect
+
+    reachable = reachable or (lambda host: tcp_connect(host, 443, 5.0))
+    host_ok: dict[str, bool] = {}
     rows = []
     for spec in specs:
         if spec.restricted and not allow_restricted:
@@ -185,10 +192,27 @@ def download(profile: "Profile", specs: list["ModelSpec"], allow_restricted: boo
         arts = artefacts_of(spec.type, spec.model, spec.options, profile)
         notes, status = [], "ok"
         for art in arts:
+            host = download_host(art.kind)
+            if host is not None and host not in host_ok:
+                host_ok[host] = bool(reachable(host))
+                if not host_ok[host]:
+                    print(f"no network: cannot reach {host}:443; skipping every download from it. Run this again "
+                          "with internet access (check DNS, proxy, firewall).", flush=True)
+            if host is not None and not host_ok[host]:
+                status = "missing"
+                notes.append(f"{art.ref}: no network ({host})")
+                continue
             print(f"[{spec.name}] {art.kind}: {art.ref}", flush=True)
             try:
                 notes.append(download_one(art))
             except Exception as e:  # noqa: BLE001 - report every failure in the table
+                if host is not None and is_network_error(e):
+                    host_ok[host] = False
+                    print(f"no network: lost {host} ({type(e).__name__}); skipping every further download from it",
+                          flush=True)
+                    status = "missing"
+                    notes.append(f"{art.ref}: no network ({host})")
+                    continue
                 status = "missing" if isinstance(e, FileNotFoundError) else "failed"
                 notes.append(f"{art.ref}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         rows.append(Row(spec.name, spec.type, spec.model or "", status, "; ".join(notes) or "nothing to fetch",

@@ -90,8 +90,7 @@ def main(argv=None) -> int:
             "--wallet.name", "miner", "--wallet.hotkey", "default"]
     if a.profile:
         args += ["--profile", a.profile]
-    if not a.wandb:
-        args += ["--wandb.off"]
+    args += ["--wandb.offline"] if a.wandb else ["--wandb.off"]  # the miner uses wandb only when asked
     if a.engine_remote:
         args += ["--engine.remote", a.engine_remote]
     log_path = report_path.with_name(report_path.stem + "_miner.log")

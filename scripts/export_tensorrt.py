@@ -163,12 +163,15 @@ def ultralytics_export(plan: ExportPlan, *, device: str, half: bool, int8: bool,
 
 def run(plans: list[ExportPlan], profile: Any, *, dry_run: bool, exporter: Callable[[ExportPlan], Path]) -> int:
     failures = 0
+    missing: list[str] = []
     for p in plans:
         head = f"{p.name}: {p.source} -> {p.target} (imgsz {p.imgsz}, batch {p.batch}"
         head += f", prompts baked: {', '.join(p.prompts)})" if p.prompts else ")"
         if p.status != "todo":
             print(f"[{p.status}] {head}: {p.note}")
             failures += p.status == "missing"
+            if p.status == "missing":
+                missing.append(p.name.split(".")[0])
             continue
         if dry_run:
             print(f"[would export] {head}")
@@ -176,6 +179,11 @@ def run(plans: list[ExportPlan], profile: Any, *, dry_run: bool, exporter: Calla
         print(f"[export] {head}", flush=True)
         try:
             exporter(p)
+        except ImportError as e:
+            print(f"[failed] {p.name}: {e}. The export needs ultralytics and TensorRT on the GPU box: "
+                  "install the GPU extras first (.venv/bin/pip install -e '.[gpu]'), then download the weights "
+                  f"(.venv/bin/python scripts/download_models.py --profile {getattr(profile, 'source', '<profile>')})")
+            return 1
         except Exception as e:  # noqa: BLE001 - report and continue with the others
             failures += 1
             print(f"[failed] {p.name}: {type(e).__name__}: {e}")
@@ -183,6 +191,10 @@ def run(plans: list[ExportPlan], profile: Any, *, dry_run: bool, exporter: Calla
         print(f"[done] {p.target}\n--- profile lines for {p.name} ---\n{profile_lines(p, profile)}\n")
     if not plans:
         print("no ultralytics model in the selection")
+    if missing:
+        print(f"\nweights missing for {', '.join(sorted(set(missing)))}: download them first with\n"
+              f"  .venv/bin/python scripts/download_models.py --profile {getattr(profile, 'source', '<profile>')} "
+              f"--only {' '.join(sorted(set(missing)))}\nthen run this export again.")
     return 1 if failures else 0
 
 

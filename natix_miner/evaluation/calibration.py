@@ -251,3 +251,44 @@ def split(samples: list[Sample], holdout: float, seed: int) -> tuple[list[Sample
         held += [group[i] for i in idx[:k]]
         fit += [group[i] for i in idx[k:]]
     return fit, held
+
+
+# ---------------------------------------------------------------------------------------------
+# Output: sample-size warnings and the calibrated profile (comments kept)
+
+MIN_SAMPLES_PER_CLASS = 30  # below this per class and split, fitted thresholds are mostly noise
+
+
+def sample_warnings(fit: list[Sample], held: list[Sample], min_per_class: int = MIN_SAMPLES_PER_CLASS) -> list[str]:
+    """Warnings when the fit or held-out split has too few images of a class for the fitted values to mean much."""
+    out = []
+    for name, part in (("fit", fit), ("held-out", held)):
+        pos = sum(s.label == 1 for s in part)
+        neg = len(part) - pos
+        if min(pos, neg) < min_per_class:
+            out.append(f"only {pos} roadwork and {neg} no_roadwork images in the {name} split (< {min_per_class} "
+                       "per class): the fitted values and the before/after comparison are mostly noise; use more "
+                       "labelled images")
+    return out
+
+
+def calibrated_profile_text(src_text: str, params: CascadeParams, exit_by_tier: dict[str, float],
+                            tier_names: list[str], profile_tiers: list[list[str]], name: str,
+                            header: str = "") -> str:
+    """The source profile's text with the fitted values set and every comment and character kept.
+
+    ``tier_names``/``profile_tiers``: all the profile's tiers in file order and their models' names;
+    ``exit_by_tier``: the fitted exit threshold of each (enabled) tier."""
+    from natix_miner.evaluation.yaml_edit import set_values
+
+    updates: list[tuple[tuple, object]] = [(("name",), f"{name}-calibrated"),
+                                           (("consensus", "method"), "geometric"),
+                                           (("consensus", "bias"), round(float(params.bias), 4)),
+                                           (("calibration", "threshold"), round(float(params.threshold), 6))]
+    for ti, (tname, models) in enumerate(zip(tier_names, profile_tiers)):
+        if tname in exit_by_tier:
+            updates.append((("tiers", ti, "exit_threshold"), round(float(exit_by_tier[tname]), 4)))
+        for mi, m in enumerate(models):
+            if m in params.weights:
+                updates.append((("tiers", ti, "models", mi, "weight"), round(float(params.weights[m]), 4)))
+    return header + set_values(src_text, updates)

@@ -5,6 +5,12 @@ is, ``fullres`` = JPEG q75 at full resolution (2026-05 validators), ``aug-2026-0
 augmentation at 224 px then JPEG q75), run the engine, and collect the answer, every model's vote and
 the latency. The report has the validator-style metrics for the cascade and for each model, latency
 percentiles, tier exit rates, and (with ``out_dir``) plots and a folder of misclassified images.
+
+Latency is per image and does not depend on ``batch_size``: the wall time of each engine call divided by
+the number of images it answered (at ``batch_size`` 1, exactly one request's latency). A model's
+per-image latency is its call's time divided by the images of that call. (The time from submission to
+answer, which includes waiting behind the rest of the batch, is reported apart as
+``in_batch_latency_ms``: it grows with the batch size and is not what a validator's single request sees.)
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from natix_miner.evaluation.dataset import LabelledImage, list_labelled, source_
 from natix_miner.evaluation.metrics import binary_metrics, percentiles
 
 CONDITIONS = ("none", "fullres", "aug-2026-01")
+DEFAULT_CONDITION = "fullres"  # what validators send today (JPEG q75 at full resolution); evaluate and calibrate
+LATENCY_BASIS = "per image: wall time of each engine call / its images"
 
 
 @dataclass
@@ -37,8 +45,9 @@ class EvalRecord:
     exit_reason: str
     tiers_used: list[str]
     votes: dict[str, float | None]
-    latencies: dict[str, float] | None = None  # model -> ms
+    latencies: dict[str, float] | None = None  # model -> ms per image (its call's time / the call's images)
     level: int | None = None
+    in_batch_latency_ms: float | None = None  # submission to answer, including waiting behind batch-mates
 
 
 def prepare_image(path: Path, condition: str, rng: np.random.Generator):
@@ -69,7 +78,16 @@ def prepare_image(path: Path, condition: str, rng: np.random.Generator):
     return decoded.image, decoded.sha256, level
 
 
-def run_evaluation(images_dir: str | Path, profile_path: str | Path | None, *, condition: str = "none",
+def per_image_model_latencies(results: list) -> list[dict[str, float]]:
+    """Each image's per-model latency: the model call's time divided by the images of that call.
+
+    The engine gives every image of one model call the call's whole time; the images of one call are the
+    votes of that model in this batch that carry the very same latency value."""
+    calls = Counter((v.model, v.latency_ms) for r in results for v in r.votes)
+    return [{v.model: v.latency_ms / calls[(v.model, v.latency_ms)] for v in r.votes} for r in results]
+
+
+def run_evaluation(images_dir: str | Path, profile_path: str | Path | None, *, condition: str = DEFAULT_CONDITION,
                    records_out: list | None = None,
                    batch_size: int = 8, limit_per_class: int | None = None, seed: int = 0,
                    allow_restricted: bool = False, devices: list[str] | None = None,
@@ -95,21 +113,34 @@ def run_evaluation(images_dir: str | Path, profile_path: str | Path | None, *, c
         for i in range(0, len(items), batch_size):
             chunk = items[i:i + batch_size]
             prepared = [prepare_image(it.path, condition, rng) for it in chunk]
+            t0 = time.monotonic()
             results = engine.infer_batch_sync([p[0] for p in prepared], keys=[p[1] for p in prepared],
                                               deadline_s=profile.deadline_s)
-            for it, (_, _, level), r in zip(chunk, prepared, results):
+            per_image_ms = (time.monotonic() - t0) * 1000.0 / max(1, len(chunk))
+            model_ms = per_image_model_latencies(results)
+            for it, (_, _, level), r, lat in zip(chunk, prepared, results, model_ms):
                 records.append(EvalRecord(
                     path=str(it.path), label=it.label, prediction=float(r.prediction), raw_p=r.raw_p,
-                    latency_ms=float(r.latency_ms), exit_reason=r.exit_reason, tiers_used=list(r.tiers_used),
-                    votes={v.model: v.p for v in r.votes},
-                    latencies={v.model: v.latency_ms for v in r.votes}, level=level))
+                    latency_ms=per_image_ms, exit_reason=r.exit_reason, tiers_used=list(r.tiers_used),
+                    votes={v.model: v.p for v in r.votes}, latencies=lat, level=level,
+                    in_batch_latency_ms=float(r.latency_ms)))
     finally:
         if own_engine:
             engine.close()
     wall = time.monotonic() - t_start
     if records_out is not None:
         records_out.extend(records)
-    report = summarize(records, profile_name=profile.name, condition=condition, wall_s=wall)
+    report = summarize(records, profile_name=profile.name, condition=condition, wall_s=wall,
+                       threshold=profile.calibration.threshold, temperature=profile.calibration.temperature)
+    report["batch_size"] = batch_size
+    report["threshold"] = profile.calibration.threshold
+    report["deadline_s"] = profile.deadline_s
+    overlap = training_overlap(profile, records)
+    if overlap:
+        report["training_overlap"] = overlap
+        for model, o in overlap.items():
+            logger.warning(f"{o['n']} of {len(records)} evaluated images were in the training set of {model} "
+                           f"({o['provenance']}): its metrics on them are optimistic (use --split {o['provenance']})")
     report["images"] = str(images_dir)
     from natix_miner.evaluation.conditions import per_condition  # SOURCES.tsv `kind`
 
@@ -121,7 +152,11 @@ def run_evaluation(images_dir: str | Path, profile_path: str | Path | None, *, c
     return report
 
 
-def summarize(records: list[EvalRecord], *, profile_name: str, condition: str, wall_s: float) -> dict:
+def summarize(records: list[EvalRecord], *, profile_name: str, condition: str, wall_s: float,
+              threshold: float = 0.5, temperature: float = 1.0) -> dict:
+    """Metrics of the cascade's answers and of each model's vote, the latter at the profile's calibration
+    threshold (the vote remapped as the engine remaps the pooled probability), not at a raw 0.5."""
+    from natix_miner.engine.consensus import calibrate
     labels = [r.label for r in records]
     preds = [r.prediction for r in records]
     overall = binary_metrics(labels, preds)
@@ -133,8 +168,9 @@ def summarize(records: list[EvalRecord], *, profile_name: str, condition: str, w
                 by_model[name][0].append(r.label)
                 by_model[name][1].append(p)
     for name, (ys, ps) in sorted(by_model.items()):
-        m = binary_metrics(ys, ps)
+        m = binary_metrics(ys, [calibrate(p, threshold, temperature) for p in ps])
         m["coverage"] = len(ys) / max(1, len(records))
+        m["threshold"] = threshold
         per_model[name] = m
     exits = Counter(r.tiers_used[-1] if r.tiers_used else "none" for r in records)
     reasons = Counter(r.exit_reason for r in records)
@@ -148,6 +184,9 @@ def summarize(records: list[EvalRecord], *, profile_name: str, condition: str, w
         **{k: overall[k] for k in ("mcc_balanced", "tpr", "tnr")},
         "per_model": per_model,
         "latency_ms": {**percentiles(lat), "mean": float(np.mean(lat)) if lat else None},
+        "latency_basis": LATENCY_BASIS,
+        "in_batch_latency_ms": percentiles([r.in_batch_latency_ms for r in records
+                                            if r.in_batch_latency_ms is not None]),
         "tier_exit_rates": {k: v / max(1, len(records)) for k, v in exits.items()},
         "exit_reasons": dict(reasons),
         "wall_s": wall_s,
@@ -166,6 +205,60 @@ def summarize(records: list[EvalRecord], *, profile_name: str, condition: str, w
     return report
 
 
+def _training_split(prov_path: Path) -> tuple[set[str], set[str], set[str]]:
+    """From a head's provenance.json: (``label_dir/file`` of its training images found on this machine,
+    ``label_dir/file`` of its held-out images, names of its data folders)."""
+    from natix_miner.evaluation.dataset import IMAGE_SUFFIXES, LABEL_DIRS
+
+    prov = json.loads(prov_path.read_text())
+    held = {"/".join(str(k).split("/")[-2:]) for k in (prov.get("split") or {}).get("heldout_items") or []}
+    seen: set[str] = set()
+    names: set[str] = set()
+    for d in prov.get("data") or []:
+        if d.get("name"):
+            names.add(str(d["name"]))
+        root = Path(str(d.get("path", "")))
+        for lab in LABEL_DIRS:
+            if (root / lab).is_dir():
+                seen |= {f"{lab}/{f.name}" for f in (root / lab).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES}
+    return seen - held, held, names
+
+
+def training_overlap(profile, records: list[EvalRecord]) -> dict:
+    """Per model with a provenance.json beside its head: how many evaluated images were in its training set.
+
+    Training set = the data folders named in provenance.json minus ``split.heldout_items``, matched by
+    ``label_dir/file``; when those folders are not on this machine, an image counts when its folder has a
+    training folder's name and it is not held out."""
+    from natix_miner.neuron.startup import looks_local, weight_refs
+
+    out: dict = {}
+    for _, spec in profile.models():
+        for _, ref in weight_refs(spec):
+            if not looks_local(ref):
+                continue
+            local = Path(profile.resolve_path(ref)).expanduser()
+            prov = next((c for c in (local / "provenance.json", local.parent / "provenance.json") if c.is_file()),
+                        None)
+            if prov is None:
+                continue
+            try:
+                train, held, names = _training_split(prov)
+            except (OSError, ValueError, AttributeError) as e:
+                logger.warning(f"{prov}: unreadable provenance ({e}); training overlap not checked")
+                break
+            hits = []
+            for r in records:
+                key = "/".join(Path(r.path).parts[-2:])
+                folder = Path(r.path).parent.parent.name
+                if key in train or (not train and folder in names and key not in held):
+                    hits.append(r.path)
+            if hits:
+                out[spec.name] = {"n": len(hits), "provenance": str(prov), "examples": hits[:5]}
+            break
+    return out
+
+
 def write_outputs(report: dict, records: list[EvalRecord], out: Path) -> None:
     from natix_miner.evaluation import plots
 
@@ -178,7 +271,11 @@ def write_outputs(report: dict, records: list[EvalRecord], out: Path) -> None:
         plots.confusion_plot({**report["confusion"], "mcc": report["mcc"], "accuracy": report["accuracy"]},
                              out / "confusion.png")
         plots.bar_plot(report["tier_exit_rates"], out / "tier_exits.png", "Exit tier")
-        plots.latency_histogram([r.latency_ms for r in records], out / "latency.png")
+        plots.latency_histogram([r.latency_ms for r in records], out / "latency.png",
+                                deadline_ms=1000.0 * report["deadline_s"] if report.get("deadline_s") else None,
+                                basis=report.get("latency_basis"))
+        plots.score_histogram(labels, preds, out / "scores.png", threshold=0.5,
+                              note=f"profile threshold {report.get('threshold', 0.5):g} -> 0.5")
     except Exception as e:  # plots are a convenience; the JSON is the result
         logger.warning(f"plotting failed: {e}")
     mis = out / "misclassified"

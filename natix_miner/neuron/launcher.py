@@ -35,6 +35,8 @@ class MinerProcess:
         self._log = open(self.log_path, "w")
         full_env = dict(os.environ)
         full_env.setdefault("PYTHONUNBUFFERED", "1")
+        # a dry run or test miner is configured by its arguments only, not by an operator's .env in the checkout
+        full_env.setdefault("MINER_ENV_FILE", os.devnull)
         full_env.update(env or {})
         self.proc = subprocess.Popen(
             [python or sys.executable, str(REPO_ROOT / "neurons" / "miner.py"), *args, "--axon.port", str(port)],

@@ -1,6 +1,7 @@
 """``scripts/doctor.py``: is this machine ready to mine? A table of PASS / WARN / FAIL with fixes.
 
-Every check is a plain function that takes its inputs (a metagraph-like object, a clock, a connect
+Every check is a plain function (the chain checks live in ``natix_miner/ops/chain_checks.py``, the probes
+of the outside world in ``natix_miner/ops/probes.py``) that takes its inputs (a metagraph-like object, a clock, a connect
 function, a device table, ...) and returns a :class:`CheckResult`; :func:`run_doctor` gathers the
 inputs through a :class:`DoctorEnv` whose members are the only code that touches the network, the
 GPU or the Hugging Face cache, so tests swap them for fakes.
@@ -15,13 +16,14 @@ Local checks (``--skip-network`` runs only these):
 * **weights** — every model's weights are a local file or in the Hugging Face cache (nothing is
   downloaded at run time).
 * **miner port** — something accepts TCP connections on ``127.0.0.1:<axon.port>``.
-* **model card** — with ``--model-dir``, ``model_card.json`` passes the validators' historical rules
-  (docs/protocol.md §4.9); otherwise a reminder.
+* **model card** — optional: validators check no model card (2025-11-30) and NATIX requires no
+  registration (``register.sh`` deleted 2026-05-03). With ``--model-dir``, ``model_card.json`` is checked against the historical rules for those
+  who publish a model anyway; otherwise SKIP.
 
 Network checks:
 
 * **registration** — the hotkey is registered on the netuid (metagraph), and does not hold a
-  validator permit with more than 40096 stake (such UIDs are never queried, docs/protocol.md §2.2).
+  validator permit with more than 40096 stake (such UIDs are never queried, PROTOCOL §2.2).
 * **axon published** — the axon IP/port on chain is set (not 0.0.0.0) and matches this machine's
   public IP (``bittensor.utils.networking.get_external_ip``).
 * **port reachable** — a TCP connect to the published ip:port from here. Behind NAT without
@@ -30,67 +32,28 @@ Network checks:
   chain endpoint. Validators' requests carry a nanosecond nonce that the axon rejects when older
   than 4 s + timeout (9 s): skew > 2 s is a WARN, > 13 s a FAIL.
 * **validators active** — permit holders whose ``last_update`` is within ``--active-blocks`` blocks.
-* **subnet halt** — when most active validator stake puts its weight on UID 0, validators "burn"
-  and skip the forward pass (docs/protocol.md §10): WARN "subnet halted".
+* **subnet halt** — upstream halts the subnet by burning: validators put all their weight on the subnet
+  **owner's UID** (the UID of ``get_subnet_owner_hotkey(netuid)``) and skip the forward pass (PROTOCOL §12).
+  When most active validator stake puts its weight there: WARN "subnet halted".
 """
 
 from __future__ import annotations
 
-import math
 import os
-import re
-import socket
 import stat
-import struct
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from natix_miner.ops import probes
+from natix_miner.ops.probes import NTP_EPOCH_OFFSET, http_date_offset, sntp_offset, tcp_connect  # noqa: F401
 from natix_miner.ops.wallet_files import WalletFiles, read_hotkey_ss58
 
-PASS, WARN, FAIL, SKIP, INFO = "PASS", "WARN", "FAIL", "SKIP", "INFO"
-VPERMIT_TAO_LIMIT = 40096.0  # validators skip permit holders above this stake (docs/protocol.md §2.2)
-NONCE_DELTA_S = 4.0  # bittensor axon ALLOWED_DELTA
-VALIDATOR_TIMEOUT_S = 9.0  # docs/protocol.md §2.5
-CLOCK_WARN_S = 2.0
-CLOCK_FAIL_S = NONCE_DELTA_S + VALIDATOR_TIMEOUT_S
-BURN_ROW_SHARE = 0.9  # a validator "burns" when >= 90 % of its weight goes to UID 0
-BURN_STAKE_SHARE = 0.5  # the subnet is "halted" when burners hold >= half the active validator stake
-NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
-
-
-@dataclass
-class CheckResult:
-    name: str
-    status: str  # PASS | WARN | FAIL | SKIP | INFO
-    detail: str
-    fix: str = ""
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-def _arr(x: Any):
-    import numpy as np
-
-    if x is None:
-        return None
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _block_of(mg: Any) -> int:
-    b = _arr(getattr(mg, "block", 0))
-    return int(b.reshape(-1)[0]) if b is not None and b.size else 0
-
-
-def _stake_of(mg: Any):
-    s = getattr(mg, "S", None)
-    if s is None:
-        s = getattr(mg, "stake", None)
-    return _arr(s)
-
-
+from natix_miner.ops.chain_checks import (  # noqa: F401 - re-exported: the doctor's public API
+    BURN_ROW_SHARE, BURN_STAKE_SHARE, CLOCK_FAIL_S, CLOCK_WARN_S, FAIL, INFO, NONCE_DELTA_S, PASS, SKIP,
+    VALIDATOR_TIMEOUT_S, VPERMIT_TAO_LIMIT, WARN, CheckResult, check_axon_published, check_burn, check_clock,
+    check_port_reachable, check_registration, check_validators_active, find_uid,
+)
 # ---------------------------------------------------------------------------------------------- local checks
 def check_wallet(wf: WalletFiles) -> CheckResult:
     name = "wallet"
@@ -175,36 +138,21 @@ def check_placement(profile: Any, devices: dict[str, float], free_mb: dict[str, 
     return CheckResult(name, status, detail, fix)
 
 
-_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-_FILE_EXT_RE = re.compile(r"\.(pt|pth|onnx|engine|plan|safetensors|bin|npz|npy|json|ya?ml|pkl|joblib|ckpt|gguf)$", re.I)
-_WEIGHT_OPTION_KEYS = ("weights", "head", "checkpoint", "path", "model_path")
-
-
-def _weight_refs(spec: Any) -> list[tuple[str, str]]:
-    refs: list[tuple[str, str]] = []
-    if isinstance(spec.model, str) and spec.model:
-        refs.append(("model", spec.model))
-    for k in _WEIGHT_OPTION_KEYS:
-        v = (spec.options or {}).get(k)
-        if isinstance(v, str) and v:
-            refs.append((f"options.{k}", v))
-    return refs
-
-
 def check_weights(profile: Any, cached_repos: set[str] | None) -> CheckResult:
+    from natix_miner.neuron.startup import looks_local, weight_refs
+
     """Every enabled model's ``model`` (and weight-like options) is a local path or a cached hub repo."""
     name = "weights"
     missing: list[str] = []
     found: list[str] = []
     repos_to_fetch: list[str] = []
     for _, spec in profile.models():
-        for key, ref in _weight_refs(spec):
+        for key, ref in weight_refs(spec):
             local = Path(profile.resolve_path(ref)).expanduser()
             if local.exists():
                 found.append(f"{spec.name}: {local}")
                 continue
-            looks_local = ref.startswith((".", "/", "~")) or bool(_FILE_EXT_RE.search(ref)) or not _HUB_ID_RE.match(ref)
-            if looks_local:
+            if looks_local(ref):
                 missing.append(f"{spec.name}.{key}: file {ref} not found")
             elif cached_repos is None:
                 missing.append(f"{spec.name}.{key}: {ref} (Hugging Face cache could not be read)")
@@ -214,10 +162,11 @@ def check_weights(profile: Any, cached_repos: set[str] | None) -> CheckResult:
                 missing.append(f"{spec.name}.{key}: hub repo {ref} not in the Hugging Face cache")
                 repos_to_fetch.append(ref)
     if missing:
-        fix = "download once with internet access"
+        src = getattr(profile, "source", None) or "configs/<profile>.yaml"
+        fix = (f"download once with internet access: .venv/bin/python scripts/download_models.py --profile {src}"
+               " (the miner never downloads at run time)")
         if repos_to_fetch:
-            fix += ": " + "; ".join(f"huggingface-cli download {r}" for r in repos_to_fetch)
-        fix += " (the miner never downloads at run time)"
+            fix += "; or per repo: " + "; ".join(f"huggingface-cli download {r}" for r in repos_to_fetch)
         return CheckResult(name, FAIL, "; ".join(missing), fix)
     if not found:
         return CheckResult(name, PASS, "no model of the profile needs weight files (packaged or built-in)")
@@ -232,7 +181,8 @@ def check_local_listener(port: int, connect: Callable[[str, int, float], bool]) 
         except OSError:
             continue
     return CheckResult("miner port", WARN, f"nothing listens on port {port} on this machine",
-                       "start the miner (pm2 start ecosystem.config.js / make run) or pass the right --axon.port")
+                       "start the miner (pm2 start ecosystem.config.js, or .venv/bin/python neurons/miner.py with the same "
+                       "flags) or pass the right --axon.port")
 
 
 def check_model_card(model_dir: str | None, hotkey: str | None, model_repo: str | None = None,
@@ -240,8 +190,8 @@ def check_model_card(model_dir: str | None, hotkey: str | None, model_repo: str 
     from natix_miner.ops.model_card import CARD_FILENAME, sanitize_repo_id, validate_card
 
     name = "model card"
-    how = ("scripts/model_card.py --model-dir DIR --name NAME --version 1.0.0 --wallet.name W --wallet.hotkey H "
-           "--push user/repo, then scripts/register.py --uid U --model-repo user/repo")
+    how = ("optional: .venv/bin/python scripts/model_card.py --model-dir DIR --name NAME --version 1.0.0 "
+           "--wallet.name W --wallet.hotkey H --push user/repo")
     repo_note = ""
     if model_repo:
         try:
@@ -249,9 +199,8 @@ def check_model_card(model_dir: str | None, hotkey: str | None, model_repo: str 
         except ValueError as e:
             return CheckResult(name, FAIL, str(e), "use the form user/repo")
     if not model_dir:
-        return CheckResult(name, INFO, "NATIX requires a public Hugging Face repo with a root model_card.json whose "
-                           "submitted_by is this hotkey, registered with the NATIX server (docs/protocol.md §4.9)" + repo_note,
-                           how)
+        return CheckResult(name, SKIP, "optional: validators check no model card (since 2025-11-30) and NATIX requires no "
+                           "registration (register.sh deleted 2026-05-03); pass --model-dir to check one you publish" + repo_note)
     path = Path(model_dir) / CARD_FILENAME
     if not path.exists():
         return CheckResult(name, FAIL, f"{path} not found", how)
@@ -265,278 +214,21 @@ def check_model_card(model_dir: str | None, hotkey: str | None, model_repo: str 
     if errors:
         return CheckResult(name, FAIL, f"{path}: " + "; ".join(errors), how)
     return CheckResult(name, PASS, f"{path}: {card['model_name']} {card['version']} by {card['submitted_by']}"
-                       + repo_note + "; publish it and register with scripts/register.py")
-
-
-# ---------------------------------------------------------------------------------------------- network checks
-def find_uid(mg: Any, hotkey: str) -> int | None:
-    hotkeys = list(getattr(mg, "hotkeys", []) or [])
-    try:
-        return hotkeys.index(hotkey)
-    except ValueError:
-        return None
-
-
-def check_registration(mg: Any, hotkey: str | None, netuid: int, network: str,
-                       wallet: WalletFiles | None = None) -> CheckResult:
-    name = "registration"
-    if not hotkey:
-        return CheckResult(name, SKIP, "no hotkey address (see the wallet check)")
-    uid = find_uid(mg, hotkey)
-    if uid is None:
-        w = f" --wallet-name {wallet.name} --hotkey {wallet.hotkey}" if wallet else ""
-        return CheckResult(name, FAIL, f"hotkey {hotkey} is not registered on netuid {netuid} ({network})",
-                           f"btcli subnets register --netuid {netuid}{w} --network {network} (costs TAO; try "
-                           "testnet 323 first, and check the subnet is not halted)")
-    stake = _stake_of(mg)
-    permits = _arr(getattr(mg, "validator_permit", None))
-    s = float(stake[uid]) if stake is not None and len(stake) > uid else float("nan")
-    permit = bool(permits[uid]) if permits is not None and len(permits) > uid else False
-    detail = f"uid {uid} on netuid {netuid} ({network}), stake {s:.1f}" + (", holds a validator permit" if permit else "")
-    if permit and s > VPERMIT_TAO_LIMIT:
-        return CheckResult(name, FAIL, detail + f": validators never query permit holders with stake > {VPERMIT_TAO_LIMIT:.0f}",
-                           "move stake off this hotkey (or mine from another hotkey)")
-    return CheckResult(name, PASS, detail)
-
-
-def check_axon_published(mg: Any, uid: int | None, public_ip: str | None, axon_port: int) -> CheckResult:
-    name = "axon published"
-    if uid is None:
-        return CheckResult(name, SKIP, "not registered")
-    axons = list(getattr(mg, "axons", []) or [])
-    if uid >= len(axons):
-        return CheckResult(name, FAIL, f"no axon entry for uid {uid}", "start the miner: it publishes its axon at start")
-    ax = axons[uid]
-    ip, port = str(getattr(ax, "ip", "") or ""), int(getattr(ax, "port", 0) or 0)
-    if ip in ("", "0.0.0.0", "0") or port == 0:
-        return CheckResult(name, FAIL, f"uid {uid} has no axon on chain ({ip or '-'}:{port}): validators skip it",
-                           "start the miner on a real network; it calls serve_axon at start (check its log for "
-                           "'axon published on chain')")
-    problems, fixes = [], []
-    if public_ip and ip.strip("[]") != public_ip.strip("[]"):
-        problems.append(f"published IP {ip} differs from this machine's public IP {public_ip}")
-        fixes.append("restart the miner here (it republishes), or set --axon.external_ip if the public IP lookup is wrong")
-    if port != axon_port:
-        problems.append(f"published port {port} differs from --axon.port {axon_port}")
-        fixes.append("fine only if a NAT forwards it (--axon.external_port); otherwise restart with the right port")
-    detail = f"uid {uid} serves at {ip}:{port}" + (f" (this machine: {public_ip})" if public_ip else
-                                                    " (this machine's public IP unknown)")
-    if problems:
-        return CheckResult(name, WARN, detail + "; " + "; ".join(problems), "; ".join(fixes))
-    return CheckResult(name, PASS, detail)
-
-
-def check_port_reachable(ip: str | None, port: int | None, connect: Callable[[str, int, float], bool],
-                         timeout: float = 3.0) -> CheckResult:
-    name = "port reachable"
-    if not ip or ip in ("0.0.0.0",) or not port:
-        return CheckResult(name, SKIP, "no published axon")
-    host = ip.strip("[]")
-    try:
-        ok = connect(host, int(port), timeout)
-    except OSError as e:
-        ok = False
-        err = f" ({e})"
-    else:
-        err = ""
-    if ok:
-        return CheckResult(name, PASS, f"TCP connect to {ip}:{port} succeeded")
-    return CheckResult(name, WARN, f"TCP connect to {ip}:{port} failed from this machine{err}; behind NAT without "
-                       "hairpinning this is inconclusive",
-                       f"test from another network: nc -vz {host} {port}; open the port in the firewall "
-                       f"(ufw allow {port}/tcp) and the cloud security group / router port forward")
-
-
-def check_clock(offset_fn: Callable[[], tuple[float, str]]) -> CheckResult:
-    name = "clock"
-    try:
-        offset, source = offset_fn()
-    except Exception as e:  # noqa: BLE001
-        return CheckResult(name, WARN, f"could not measure the clock offset ({type(e).__name__}: {e})",
-                           "make sure NTP runs: timedatectl status (System clock synchronized: yes)")
-    if not math.isfinite(offset):
-        return CheckResult(name, WARN, f"bad offset from {source}", "")
-    detail = f"local clock is {abs(offset):.2f} s {'behind' if offset > 0 else 'ahead of'} {source}"
-    fix = "enable NTP: sudo timedatectl set-ntp true (or install chrony)"
-    if abs(offset) > CLOCK_FAIL_S:
-        return CheckResult(name, FAIL, detail + f"; > {CLOCK_FAIL_S:.0f} s: the axon rejects validators' nonces "
-                           f"older than {NONCE_DELTA_S:.0f} s + timeout", fix)
-    if abs(offset) > CLOCK_WARN_S:
-        return CheckResult(name, WARN, detail + f"; > {CLOCK_WARN_S:.0f} s eats into the nonce window "
-                           f"({NONCE_DELTA_S:.0f} s + timeout)", fix)
-    return CheckResult(name, PASS, detail)
-
-
-def _active_permit_holders(mg: Any, max_age_blocks: int) -> tuple[list[int], list[int], int]:
-    permits = _arr(getattr(mg, "validator_permit", None))
-    last = _arr(getattr(mg, "last_update", None))
-    block = _block_of(mg)
-    if permits is None or last is None:
-        return [], [], block
-    holders = [i for i, p in enumerate(permits.tolist()) if bool(p)]
-    active = [i for i in holders if i < len(last) and block - int(last[i]) <= max_age_blocks]
-    return holders, active, block
-
-
-def check_validators_active(mg: Any, max_age_blocks: int = 1000) -> CheckResult:
-    name = "validators active"
-    holders, active, block = _active_permit_holders(mg, max_age_blocks)
-    if not holders:
-        return CheckResult(name, WARN, "no UID holds a validator permit: nobody will query miners",
-                           "check the subnet on taostats / NATIX announcements before paying for a registration")
-    if not active:
-        return CheckResult(name, WARN, f"none of {len(holders)} permit holders updated weights in the last "
-                           f"{max_age_blocks} blocks (block {block}): validators look inactive",
-                           "check the subnet's status before mining; test on testnet 323")
-    return CheckResult(name, PASS, f"{len(active)} of {len(holders)} permit holders updated within "
-                       f"{max_age_blocks} blocks (block {block})")
-
-
-def check_burn(mg: Any, max_age_blocks: int = 1000) -> CheckResult:
-    """WARN when the active validators' stake mostly sends its weight to UID 0 (the 2026-05 "burn")."""
-    name = "subnet halt"
-    import numpy as np
-
-    W = _arr(getattr(mg, "W", None))
-    if W is None or W.ndim != 2 or W.size == 0:
-        return CheckResult(name, SKIP, "weights not loaded (lite metagraph)")
-    _, active, _ = _active_permit_holders(mg, max_age_blocks)
-    stake = _stake_of(mg)
-    rows = [i for i in active if i < W.shape[0] and float(np.sum(W[i])) > 0]
-    if not rows:
-        return CheckResult(name, SKIP, "no active validator has set weights")
-    burners = [i for i in rows if float(W[i, 0]) / float(np.sum(W[i])) >= BURN_ROW_SHARE]
-    st = {i: (float(stake[i]) if stake is not None and i < len(stake) else 1.0) for i in rows}
-    total = sum(st.values())
-    share = (sum(st[i] for i in burners) / total) if total > 0 else len(burners) / len(rows)
-    detail = (f"{len(burners)} of {len(rows)} active validators ({share:.0%} of their stake) put >= "
-              f"{BURN_ROW_SHARE:.0%} of their weight on UID 0")
-    if share >= BURN_STAKE_SHARE:
-        return CheckResult(name, WARN, "subnet halted: validators burn to UID 0; " + detail,
-                           "validators skip the forward pass while halted (docs/protocol.md §10): no rewards for miners. "
-                           "Watch NATIX announcements; test on testnet 323 before paying for mainnet")
-    return CheckResult(name, PASS, detail)
-
-
-# ---------------------------------------------------------------------------------------------- real probes
-def tcp_connect(host: str, port: int, timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def sntp_offset(host: str = "pool.ntp.org", port: int = 123, timeout: float = 3.0,
-                clock: Callable[[], float] = time.time) -> float:
-    """Offset (server − local, seconds) from one SNTP v3 client query: ((t2 − t1) + (t3 − t4)) / 2."""
-    packet = b"\x1b" + 47 * b"\0"  # LI 0, version 3, mode 3 (client)
-    addr = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0]
-    with socket.socket(addr[0], socket.SOCK_DGRAM) as s:
-        s.settimeout(timeout)
-        t1 = clock()
-        s.sendto(packet, addr[4])
-        data, _ = s.recvfrom(512)
-        t4 = clock()
-    if len(data) < 48:
-        raise ValueError(f"short NTP reply ({len(data)} bytes)")
-
-    def ts(off: int) -> float:
-        sec, frac = struct.unpack("!II", data[off:off + 8])
-        return sec - NTP_EPOCH_OFFSET + frac / 2**32
-
-    t2, t3 = ts(32), ts(40)
-    if t3 <= 0:
-        raise ValueError("NTP reply without a transmit time")
-    return ((t2 - t1) + (t3 - t4)) / 2.0
-
-
-def http_date_offset(url: str, timeout: float = 5.0, clock: Callable[[], float] = time.time) -> float:
-    """Offset (server − local) from an HTTP ``Date`` header (1 s resolution, so ±1 s)."""
-    import urllib.error
-    import urllib.request
-    from email.utils import parsedate_to_datetime
-
-    req = urllib.request.Request(url, method="HEAD")
-    t1 = clock()
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            date = r.headers.get("Date")
-    except urllib.error.HTTPError as e:  # any reply has a Date
-        date = e.headers.get("Date")
-    t4 = clock()
-    if not date:
-        raise ValueError(f"{url} sent no Date header")
-    server = parsedate_to_datetime(date).timestamp() + 0.5  # the header truncates to whole seconds
-    return server - (t1 + t4) / 2.0
-
-
-def _https_of(endpoint: str) -> str:
-    return re.sub(r"^ws", "http", endpoint)
-
-
-def _free_memory_mb(devices: dict[str, float]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    try:
-        import psutil
-
-        out["cpu"] = psutil.virtual_memory().available / 2**20
-    except Exception:  # noqa: BLE001
-        try:
-            for line in Path("/proc/meminfo").read_text().splitlines():
-                if line.startswith("MemAvailable:"):
-                    out["cpu"] = int(line.split()[1]) / 1024.0
-        except OSError:
-            pass
-    if any(d != "cpu" for d in devices):
-        try:
-            import torch
-
-            for d in devices:
-                if d.startswith("cuda:"):
-                    free, _total = torch.cuda.mem_get_info(int(d.split(":")[1]))
-                    out[d] = free / 2**20
-        except Exception:  # noqa: BLE001
-            pass
-    return out
-
-
-def _cached_repos() -> set[str] | None:
-    try:
-        from huggingface_hub import scan_cache_dir
-    except ImportError:
-        return None
-    try:
-        info = scan_cache_dir()
-    except Exception:  # noqa: BLE001 - CacheNotFound: an empty cache
-        return set()
-    return {r.repo_id for r in info.repos if getattr(r, "repo_type", "model") == "model"}
-
-
-def _load_metagraph(netuid: int, endpoint: str) -> Any:
-    import bittensor as bt
-
-    sub = bt.Subtensor(network=endpoint)
-    return sub.metagraph(netuid=netuid, lite=False)
-
-
-def _public_ip() -> str | None:
-    from bittensor.utils import networking
-
-    return networking.get_external_ip()
+                       + repo_note + " (optional; validators do not check it)")
 
 
 @dataclass
 class DoctorEnv:
     """Everything that touches the outside world; tests replace members with fakes."""
 
-    load_metagraph: Callable[[int, str], Any] = _load_metagraph
-    public_ip: Callable[[], str | None] = _public_ip
+    load_metagraph: Callable[[int, str], Any] = probes.load_metagraph
+    public_ip: Callable[[], str | None] = probes.public_ip
     connect: Callable[[str, int, float], bool] = tcp_connect
     clock_offset: Callable[[str], tuple[float, str]] | None = None  # (chain endpoint) -> (offset, source)
     devices: Callable[[], dict[str, float]] | None = None
-    free_mb: Callable[[dict[str, float]], dict[str, float]] = _free_memory_mb
-    cached_repos: Callable[[], set[str] | None] = _cached_repos
+    free_mb: Callable[[dict[str, float]], dict[str, float]] = probes.free_memory_mb
+    cached_repos: Callable[[], set[str] | None] = probes.cached_repos
+    owner_hotkey: Callable[[int, str], str | None] = probes.owner_hotkey  # (netuid, endpoint)
 
     def get_devices(self) -> dict[str, float]:
         if self.devices is not None:
@@ -553,7 +245,7 @@ class DoctorEnv:
             return sntp_offset(), "NTP (pool.ntp.org)"
         except Exception as e:  # noqa: BLE001
             errors.append(f"NTP: {e}")
-        url = _https_of(endpoint)
+        url = probes.https_of(endpoint)
         try:
             return http_date_offset(url), f"the HTTP Date of {url} (±1 s)"
         except Exception as e:  # noqa: BLE001
@@ -578,9 +270,9 @@ class DoctorOptions:
 
     @property
     def endpoint(self) -> str:
-        from natix_miner.neuron.config import NETWORK_ENDPOINTS
+        from natix_miner.neuron.config import resolve_endpoint
 
-        return self.chain_endpoint or NETWORK_ENDPOINTS.get(self.network, self.network)
+        return resolve_endpoint(self.network, self.chain_endpoint)
 
 
 def _guard(name: str, fn: Callable[[], CheckResult], status_on_error: str = FAIL) -> CheckResult:
@@ -621,8 +313,9 @@ def run_doctor(opts: DoctorOptions, env: DoctorEnv | None = None) -> list[CheckR
         mg = env.load_metagraph(opts.netuid, opts.endpoint)
     except Exception as e:  # noqa: BLE001
         results.append(CheckResult("chain", FAIL, f"could not load the metagraph of netuid {opts.netuid} from "
-                                   f"{opts.endpoint}: {type(e).__name__}: {e}",
-                                   "check the network and --subtensor.network / --subtensor.chain_endpoint"))
+                                   f"network {opts.network}, endpoint {opts.endpoint}: {type(e).__name__}: {e}",
+                                   "check DNS and the firewall (outbound websocket), or pass another endpoint "
+                                   "with --subtensor.chain_endpoint"))
         for n in network_checks:
             if n == "clock":
                 results.append(_guard("clock", lambda: check_clock(lambda: env.measure_clock(opts.endpoint)), WARN))
@@ -644,7 +337,12 @@ def run_doctor(opts: DoctorOptions, env: DoctorEnv | None = None) -> list[CheckR
     results.append(_guard("port reachable", lambda: check_port_reachable(ip, port, env.connect), WARN))
     results.append(_guard("clock", lambda: check_clock(lambda: env.measure_clock(opts.endpoint)), WARN))
     results.append(_guard("validators active", lambda: check_validators_active(mg, opts.active_blocks), WARN))
-    results.append(_guard("subnet halt", lambda: check_burn(mg, opts.active_blocks), WARN))
+    try:
+        owner = env.owner_hotkey(opts.netuid, opts.endpoint)
+    except Exception:  # noqa: BLE001 - reported as SKIP by check_burn
+        owner = None
+    owner_uid = find_uid(mg, owner) if owner else None
+    results.append(_guard("subnet halt", lambda: check_burn(mg, owner_uid, opts.active_blocks), WARN))
     return results
 
 
@@ -676,7 +374,7 @@ def exit_code(results: list[CheckResult]) -> int:
 def build_parser():
     import argparse
 
-    env = os.environ.get
+    env = os.environ.get  # read when the parser is built: main() loads .env first
     p = argparse.ArgumentParser(
         prog="scripts/doctor.py",
         description="Check a mining setup and print PASS/WARN/FAIL with what to fix. Exit code 1 if anything FAILs. "
@@ -703,6 +401,9 @@ def main(argv: list[str] | None = None, env: DoctorEnv | None = None) -> int:
     import json
     import sys
 
+    from natix_miner.neuron.config import default_env_file, load_env_file
+
+    load_env_file(default_env_file())  # the miner's .env: same settings as the miner (never overrides the shell)
     a = build_parser().parse_args(argv)
     opts = DoctorOptions(netuid=a.netuid, network=a.network, chain_endpoint=a.chain_endpoint,
                          wallet_name=a.wallet_name, wallet_hotkey=a.wallet_hotkey, wallet_path=a.wallet_path,

@@ -1,4 +1,4 @@
-"""``model_card.json`` for the public Hugging Face repo every miner must publish (docs/protocol.md §4.9).
+"""``model_card.json`` for a public Hugging Face model repo — optional today (PROTOCOL §4.9, §12).
 
 The file sits at the repo root::
 
@@ -14,9 +14,9 @@ what the docs ask for (a ``description``, a version of the form ``X.Y.Z``); extr
 as they were upstream. The validator's repo sanitiser (:func:`sanitize_repo_id`) strips
 ``https://huggingface.co`` and surrounding slashes and requires ``user/repo[/sub]``.
 
-Validators no longer fetch the card (removed 2025-11-30); NATIX checks the model server-side at
-registration (``scripts/register.py``). A valid card with a unique ``model_name`` is still the
-safe practice.
+Validators no longer check a card (removed 2025-11-30) and NATIX dropped the server registration (docs
+removed 2026-01/02, ``register.sh`` deleted 2026-05-03): publishing a model is optional. Those who publish anyway get a card that passes the
+historical rules; ``submitted_by`` must be an SS58 address (checked with bittensor_wallet).
 """
 
 from __future__ import annotations
@@ -43,6 +43,16 @@ class ModelCardError(ValueError):
     def __init__(self, errors: list[str]):
         super().__init__("; ".join(errors))
         self.errors = errors
+
+
+def is_ss58(address: str) -> bool:
+    """A valid SS58 address (checksum included), e.g. a hotkey's ``5...`` address."""
+    from bittensor_wallet.utils import is_valid_ss58_address
+
+    try:
+        return bool(is_valid_ss58_address(address))
+    except Exception:  # noqa: BLE001 - malformed input of any kind is simply not an address
+        return False
 
 
 def sanitize_repo_id(model_repo: str) -> str:
@@ -103,8 +113,8 @@ def validate_card(card: Any, hotkey: str | None = None, *, now: float | None = N
         errors.append(f"version must look like X.Y.Z (e.g. 1.0.0), got {version!r}")
     if "submitted_by" in card:
         sb = card["submitted_by"]
-        if not isinstance(sb, str) or not sb:
-            errors.append("submitted_by must be the miner's hotkey SS58 address")
+        if not isinstance(sb, str) or not is_ss58(sb):
+            errors.append(f"submitted_by must be the miner's hotkey SS58 address (5...), got {sb!r}")
         elif hotkey is not None and sb != hotkey:
             errors.append(f"submitted_by {sb} does not match the hotkey {hotkey}")
     if "submission_time" in card:
@@ -176,8 +186,9 @@ def build_parser():
 
     p = argparse.ArgumentParser(
         prog="scripts/model_card.py",
-        description="Write DIR/model_card.json (docs/protocol.md §4.9), validate it with the validators' historical rules, "
-                    "and optionally upload DIR to a public Hugging Face model repo (token from HF_TOKEN).",
+        description="Optional (validators stopped requiring model cards on 2025-11-30): write DIR/model_card.json "
+                    "(PROTOCOL §4.9), validate it with the validators' historical rules, and optionally upload DIR "
+                    "to a public Hugging Face model repo (token from HF_TOKEN).",
     )
     p.add_argument("--model-dir", required=True, help="folder to publish (created if missing)")
     p.add_argument("--name", required=True, help="model_name: unique among miners")
@@ -199,6 +210,10 @@ def main(argv: list[str] | None = None, *, api_factory: Callable[[], Any] | None
 
     a = build_parser().parse_args(argv)
     hotkey = a.hotkey
+    if hotkey and not is_ss58(hotkey):
+        print(f"error: --hotkey {hotkey!r} is not an SS58 address: give the hotkey's address (5..., "
+              "btcli wallet overview shows it), not its name; or use --wallet.name/--wallet.hotkey")
+        return 2
     if not hotkey:
         if not (a.wallet_name or a.wallet_hotkey or a.wallet_path):
             print("error: give --hotkey SS58 or --wallet.name/--wallet.hotkey[/--wallet.path]")
@@ -224,7 +239,6 @@ def main(argv: list[str] | None = None, *, api_factory: Callable[[], Any] | None
         except (ValueError, RuntimeError, FileNotFoundError) as e:
             print(f"push failed: {e}")
             return 1
-        print(f"uploaded {a.model_dir} to https://huggingface.co/{repo_id} (public). Register it with:\n"
-              f"  .venv/bin/python scripts/register.py --uid <uid> --wallet.name <name> --wallet.hotkey <hotkey> "
-              f"--model-repo {repo_id}")
+        print(f"uploaded {a.model_dir} to https://huggingface.co/{repo_id} (public). Optional: validators check no "
+              "model card and NATIX requires no registration any more (upstream, 2025-11 to 2026-05).")
     return 0

@@ -1,5 +1,8 @@
 """Register the miner with the NATIX application server: ``register.sh`` in Python (docs/protocol.md §4.8).
 
+**Optional, and probably unused today**: upstream removed the registration docs (2026-01/02) and deleted
+``register.sh`` (2026-05-03); validators do not check it (PROTOCOL §12). Kept for operators whom NATIX asks to.
+
 Steps, as the upstream script (``register.sh``, 2025-11-30 version) does them:
 
 1. ``message`` = the current unix time in seconds, as a string.
@@ -36,6 +39,7 @@ EXIT_SUCCESS = 0
 EXIT_FAILED = 1
 EXIT_TIMEOUT = 2
 EXIT_NOT_JSON = 3
+EXIT_NO_NETWORK = 4
 
 SUCCESS_STATES = ("succeeded", "success")
 FAILED_STATES = ("failed", "error")
@@ -170,6 +174,10 @@ def register(base_url: str, payload: dict[str, str], *, interval: float = POLL_I
     url = register_url(base_url)
     out(f"sending the registration request to {url}")
     reply = post(url, payload)
+    if reply.status == 0:  # the request never reached a server (DNS, refused, timeout, proxy)
+        out(f"no network: could not reach {url} ({reply.body.removeprefix('request failed: ')[:300]}). Check the "
+            "internet connection, DNS and any proxy/firewall, or --base-url")
+        return RegisterResult(EXIT_NO_NETWORK)
     data = _json(reply.body)
     if data is _NOT_JSON:
         out(f"server response was not JSON (HTTP {reply.status}):\n{reply.body[:1000]}")
@@ -191,15 +199,17 @@ def build_parser():
 
     p = argparse.ArgumentParser(
         prog="scripts/register.py",
-        description="Register this miner with the NATIX application server (register.sh of the subnet, in "
+        description="Optional (upstream dropped the NATIX registration: register.sh deleted 2026-05-03; validators "
+                    "do not check it). Register this miner with the NATIX application server (register.sh in "
                     "Python): sign the current timestamp with the hotkey, POST it with the model repo, then poll "
-                    "the registration status. Exit codes: 0 success, 1 failed, 2 timeout, 3 non-JSON reply.",
+                    "the registration status. Exit codes: 0 success, 1 failed, 2 timeout, 3 non-JSON reply, "
+                    "4 no network.",
     )
     p.add_argument("--uid", required=True, type=int, help="the miner's UID on the subnet")
     p.add_argument("--wallet.name", dest="wallet_name", default=os.environ.get("WALLET_NAME") or None)
     p.add_argument("--wallet.hotkey", dest="wallet_hotkey", default=os.environ.get("WALLET_HOTKEY") or None)
     p.add_argument("--wallet.path", dest="wallet_path", default=os.environ.get("WALLET_PATH") or None)
-    p.add_argument("--model-repo", required=True, help="public Hugging Face repo with model_card.json, e.g. user/roadwork")
+    p.add_argument("--model-repo", required=True, help="public Hugging Face repo (optional to publish), e.g. user/roadwork")
     p.add_argument("--base-url", default=os.environ.get("PROXY_CLIENT_URL") or DEFAULT_BASE_URL)
     p.add_argument("--type", dest="participant_type", default="miner", choices=["miner", "validator"],
                    help=argparse.SUPPRESS)

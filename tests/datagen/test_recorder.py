@@ -124,12 +124,12 @@ def test_unwritable_folder_at_start_disables(tmp_path):
 
 
 def test_config_flags_default_off():
-    from natix_miner.neuron.config import parse_config
+    from natix_miner.neuron.config import ConfigError, parse_config
 
     assert parse_config([]).record_dir is None
     cfg = parse_config(["--record.dir", "/x", "--record.max_gb", "0.5"])
     assert cfg.record_dir == "/x" and cfg.record_max_gb == 0.5
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="record.max_gb"):  # a configuration error (exit 78 in the miner)
         parse_config(["--record.max_gb", "0"])
 
 

@@ -64,7 +64,8 @@ def ctx(tmp_path):
     return {"hotkey": w.hotkey.ss58_address, "opts": opts, "tmp": tmp_path, "profile": prof}
 
 
-def make_env(mg, *, reachable=True, offset=0.3, devices=None, free=None, cached=frozenset(), local_listener=True):
+def make_env(mg, *, reachable=True, offset=0.3, devices=None, free=None, cached=frozenset(), local_listener=True,
+             owner="owner"):
     connects = []
 
     def connect(host, port, timeout):
@@ -80,7 +81,8 @@ def make_env(mg, *, reachable=True, offset=0.3, devices=None, free=None, cached=
 
     env = dr.DoctorEnv(load_metagraph=lambda netuid, endpoint: mg, public_ip=lambda: PUBLIC_IP, connect=connect,
                        clock_offset=clock, devices=lambda: dict(devices or {"cpu": 16_000.0}),
-                       free_mb=lambda devs: dict(free or {}), cached_repos=lambda: set(cached))
+                       free_mb=lambda devs: dict(free or {}), cached_repos=lambda: set(cached),
+                       owner_hotkey=lambda netuid, endpoint: owner)
     env.connects = connects
     return env
 
@@ -97,7 +99,9 @@ def test_healthy_setup_passes(ctx):
     for name in ("wallet", "profile", "placement", "weights", "miner port", "registration", "axon published",
                  "port reachable", "clock", "validators active", "subnet halt"):
         assert r[name].status == dr.PASS, (name, r[name])
-    assert r["model card"].status == dr.INFO and "model_card.json" in r["model card"].detail
+    # optional since upstream dropped model cards: never presented as required
+    assert r["model card"].status == dr.SKIP and "optional" in r["model card"].detail
+    assert "NATIX requires a" not in r["model card"].detail and "required" not in r["model card"].detail
     assert "uid 4" in r["registration"].detail
     assert (PUBLIC_IP, 8091) in env.connects
     assert dr.exit_code(res) == 0
@@ -166,20 +170,39 @@ def test_inactive_validators_warn(ctx):
     assert by_name(dr.run_doctor(opts, make_env(mg)))["validators active"].status == dr.PASS
 
 
-def test_burn_to_uid0_is_reported_as_a_halt(ctx):
+def test_burn_to_the_owners_uid_is_reported_as_a_halt(ctx):
     mg = FakeMetagraph(ctx["hotkey"], burn=True)
     r = by_name(dr.run_doctor(ctx["opts"], make_env(mg)))["subnet halt"]
-    assert r.status == dr.WARN and "subnet halted: validators burn to UID 0" in r.detail
+    assert r.status == dr.WARN and "subnet halted: validators burn to the owner's UID 0" in r.detail
+
+
+def test_halt_follows_the_owner_hotkey_not_uid0(ctx):
+    """Upstream burns to the owner's UID; here the owner sits at uid 5 and uid 0 receives nothing."""
+    mg = FakeMetagraph(ctx["hotkey"])
+    n = len(mg.hotkeys)
+    mg.W[:] = 0
+    mg.W[1:4, n - 1] = 1.0  # every validator puts all its weight on "other-miner"
+    res = by_name(dr.run_doctor(ctx["opts"], make_env(mg, owner="other-miner")))["subnet halt"]
+    assert res.status == dr.WARN and f"owner's UID {n - 1}" in res.detail
+    # the same weights with the owner at uid 0: validators reward a miner, no halt
+    assert by_name(dr.run_doctor(ctx["opts"], make_env(mg)))["subnet halt"].status == dr.PASS
+    # burning to uid 0 while the owner is elsewhere is not the upstream halt
+    mg0 = FakeMetagraph(ctx["hotkey"], burn=True)
+    assert by_name(dr.run_doctor(ctx["opts"], make_env(mg0, owner="other-miner")))["subnet halt"].status == dr.PASS
+    # owner unknown (lookup failed): SKIP, never a guess
+    env = make_env(mg0)
+    env.owner_hotkey = lambda netuid, endpoint: (_ for _ in ()).throw(ConnectionError("down"))
+    assert by_name(dr.run_doctor(ctx["opts"], env))["subnet halt"].status == dr.SKIP
     # one small burner among big honest validators is not a halt
     mg2 = FakeMetagraph(ctx["hotkey"])
     mg2.W[1, :] = 0
     mg2.W[1, 0] = 1.0
     mg2.S[1] = 10.0
-    r2 = dr.check_burn(mg2)
+    r2 = dr.check_burn(mg2, 0)
     assert r2.status == dr.PASS and "1 of 3" in r2.detail
     lite = FakeMetagraph(ctx["hotkey"])
     lite.W = np.zeros((0, 0))
-    assert dr.check_burn(lite).status == dr.SKIP
+    assert dr.check_burn(lite, 0).status == dr.SKIP
 
 
 def test_skip_network_runs_only_local_checks(ctx):
@@ -262,7 +285,7 @@ def test_model_card_check(tmp_path, ctx):
     hk = ctx["hotkey"]
     write_card(tmp_path / "m", build_card("n", "1.0.0", hk, description="d"), hk)
     assert dr.check_model_card(str(tmp_path / "m"), hk).status == dr.PASS
-    r = dr.check_model_card(str(tmp_path / "m"), "5SomeoneElse")
+    r = dr.check_model_card(str(tmp_path / "m"), "5FtCW4dPZqATyiMsbkcjovDRZFTE9dzP3vwCB7FkxJK5qfLH")
     assert r.status == dr.FAIL and "does not match" in r.detail
     assert dr.check_model_card(str(tmp_path / "nothing"), hk).status == dr.FAIL
     assert dr.check_model_card(None, hk, "not a repo").status == dr.FAIL
@@ -305,3 +328,42 @@ def test_sntp_offset_against_a_local_fake_server():
         th.join(2)
         srv.close()
     assert off == pytest.approx(5.0, abs=0.2)
+
+
+def test_fix_texts_point_to_commands_that_exist(ctx):
+    """No `make run` (no such target); missing weights point to scripts/download_models.py with the profile."""
+    from natix_miner.profile import REPO_ROOT
+
+    mg = FakeMetagraph(ctx["hotkey"])
+    res = by_name(dr.run_doctor(ctx["opts"], make_env(mg, local_listener=False)))
+    fix = res["miner port"].fix
+    assert "make run" not in fix and "pm2 start ecosystem.config.js" in fix and "neurons/miner.py" in fix
+    assert (REPO_ROOT / "ecosystem.config.js").exists() and (REPO_ROOT / "neurons/miner.py").exists()
+    prof = ctx["tmp"] / "missing.yaml"
+    prof.write_text(ctx["profile"].read_text().replace("type: fake", "type: fake\n        model: ./nope/weights.pt", 1))
+    from natix_miner.profile import load_profile
+
+    r = dr.check_weights(load_profile(prof), set())
+    assert r.status == dr.FAIL and f"scripts/download_models.py --profile {prof}" in r.fix
+    assert (REPO_ROOT / "scripts/download_models.py").exists()
+    for r in res.values():
+        assert "make run" not in (r.fix + r.detail)
+
+
+def test_doctor_reads_the_env_file(ctx, tmp_path, monkeypatch):
+    """A value in .env reaches doctor (MINER_ENV_FILE names the file; the shell still wins)."""
+    envf = tmp_path / "doctor.env"
+    envf.write_text("NETUID=323\nMINER_AXON_PORT=9123  # comment\n")
+    monkeypatch.setenv("MINER_ENV_FILE", str(envf))
+    for k in ("NETUID", "MINER_AXON_PORT"):
+        monkeypatch.setenv(k, "")  # records the original state so teardown restores it
+        monkeypatch.delenv(k)
+    seen = {}
+
+    def fake_run(opts, env=None):
+        seen["opts"] = opts
+        return []
+
+    monkeypatch.setattr(dr, "run_doctor", fake_run)
+    dr.main(["--skip-network"])
+    assert seen["opts"].netuid == 323 and seen["opts"].axon_port == 9123

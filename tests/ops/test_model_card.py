@@ -24,7 +24,8 @@ def test_build_card_has_the_documented_keys():
 
 
 @pytest.mark.parametrize("change, needle", [
-    ({"submitted_by": "5Other"}, "does not match"),
+    ({"submitted_by": "5FtCW4dPZqATyiMsbkcjovDRZFTE9dzP3vwCB7FkxJK5qfLH"}, "does not match"),
+    ({"submitted_by": "5Other"}, "SS58"),
     ({"version": "1.0"}, "X.Y.Z"),
     ({"version": "v1.0.0"}, "X.Y.Z"),
     ({"submission_time": 946684799}, "between 2000-01-01 and now"),
@@ -115,3 +116,16 @@ def test_push_without_token_fails_cleanly(tmp_path, monkeypatch, capsys):
     assert rc == 1 and "HF_TOKEN" in capsys.readouterr().out
     with pytest.raises(ValueError):
         mc.push_folder(tmp_path / "hf", "someone/roadwork/sub", token="t", api_factory=FakeHfApi)
+
+
+@pytest.mark.parametrize("bad", ["miner", "default", "5SomeoneElse", "0x1234", ""])
+def test_non_ss58_hotkey_is_refused(tmp_path, capsys, bad):
+    rc = mc.main(["--model-dir", str(tmp_path / "m"), "--name", "n", "--version", "1.0.0", "--hotkey", bad]
+                 if bad else ["--model-dir", str(tmp_path / "m"), "--name", "n", "--version", "1.0.0",
+                              "--hotkey", "x y"])
+    out = capsys.readouterr().out
+    assert rc == 2 and "not an SS58 address" in out
+    assert not (tmp_path / "m" / "model_card.json").exists()
+    errors = mc.validate_card(mc.build_card("n", "1.0.0", bad or "x", description="d"))
+    assert any("SS58" in e for e in errors)
+    assert mc.is_ss58(HOTKEY)

@@ -140,3 +140,18 @@ def test_missing_hotkey_is_reported(tmp_path, capsys):
     rc = reg.main(["--uid", "1", "--wallet.name", "nobody", "--wallet.path", str(tmp_path),
                    "--model-repo", "a/b", "--dry-run"])
     assert rc == 1 and "not found" in capsys.readouterr().out
+
+
+def test_no_network_is_its_own_case(wallet, capsys):
+    from _helpers import free_port
+
+    base = f"http://127.0.0.1:{free_port()}"  # nothing listens: connection refused
+    rc = _run(wallet, base)
+    out = capsys.readouterr().out
+    assert rc == reg.EXIT_NO_NETWORK and rc not in (reg.EXIT_NOT_JSON, reg.EXIT_FAILED, reg.EXIT_TIMEOUT)
+    assert "no network: could not reach" in out and "not JSON" not in out and "still waiting" not in out
+
+
+def test_register_is_presented_as_optional():
+    text = reg.build_parser().format_help()
+    assert "Optional" in text and "register.sh deleted 2026-05-03" in " ".join(text.split())
