@@ -8,7 +8,7 @@ short report and writes it as JSON. No wallet, chain, GPU or download is needed.
     .venv/bin/python scripts/dry_run.py --challenges 60 --report reports/dry_run.json
     .venv/bin/python scripts/dry_run.py --condition letterbox-2026-04 --api-images DIR --organic-share 0.1
 
-The replica follows PROTOCOL §12: label first, then synthetic / real / api uniformly; the api third comes
+The replica follows docs/protocol.md §10: label first, then synthetic / real / api uniformly; the api third comes
 from --api-images and is skipped without it (as validators skip when NATIX's server has no task). The
 report breaks results down per condition and per source (`per_condition`, `per_source`).
 """

@@ -5,7 +5,7 @@
         --images /path/with/roadwork_and_no_roadwork --challenges 50 --condition both \
         --report reports/mock_validator.json
 
-Each challenge (PROTOCOL §12): label 50/50 first, then the source uniformly from synthetic / real /
+Each challenge (docs/protocol.md §10): label 50/50 first, then the source uniformly from synthetic / real /
 api (1/3 real, 1/6 i2i, 1/6 t2i with two ``--synthetic`` folders, 1/3 api from ``--api-images``; a
 source without an image of that label is skipped, like a validator whose server has no task), the
 validator's preparation (``aug-2026-01``: augmentation levels 0–3 at 224×224; ``letterbox-2026-04``:
@@ -17,7 +17,7 @@ Pillow-default JPEG in base64, sent
 The validator wallet: ``--wallet.path/--wallet.name/--wallet.hotkey``, or a throwaway one in a temp
 dir. ``--organic-share F`` turns that share of the steps into organic queries scored against the
 rounded mean of our answer and ``--peers`` simulated miners of accuracy ``--peer-accuracy``
-(PROTOCOL §12; docs/validator-replica.md). Its hotkey is printed: a miner started with ``--mock`` must accept it
+(docs/protocol.md §10; docs/validator-replica.md). Its hotkey is printed: a miner started with ``--mock`` must accept it
 (``--mock.validators <ss58>``); a real miner on a chain will refuse an unregistered caller (403).
 Against a remote miner bittensor looks up this machine's public IP; ``--offline`` skips that
 (the default for loopback addresses).

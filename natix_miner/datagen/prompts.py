@@ -1,4 +1,4 @@
-"""Label-dependent prompts for synthetic images (PROTOCOL §2.3).
+"""Label-dependent prompts for synthetic images (docs/protocol.md §2.3).
 
 Validators caption a real cached image of the drawn label with BLIP-2, then have an instruction-tuned LLM
 rewrite the caption as "Photorealistic dashcam footage ..." that must show roadwork (label 1) or a normal road

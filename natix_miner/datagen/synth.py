@@ -1,4 +1,4 @@
-"""Labelled synthetic images made the validators' way (PROTOCOL §2.3, §12).
+"""Labelled synthetic images made the validators' way (docs/protocol.md §2.3, §12).
 
 Validators make a third of their challenges from ``stabilityai/stable-diffusion-xl-base-1.0``: half image-to-image
 from a real frame of the drawn label (strength 0.7, guidance 8.0, 25 steps, the input resized to exactly 1024×1024

@@ -8,7 +8,6 @@ from typing import Sequence
 
 import numpy as np
 
-
 from natix_miner.evaluation.dataset import LABEL_DIRS
 
 # class names as the labelled folders spell them, indexed by label (0, 1)

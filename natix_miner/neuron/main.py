@@ -20,8 +20,14 @@ def _fail(message: str, code: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from natix_miner.neuron.config import (CONFIG_EXIT_CODE, ConfigError, default_env_file, extra_args,
-                                           load_env_file, parse_config)
+    from natix_miner.neuron.config import (
+        CONFIG_EXIT_CODE,
+        ConfigError,
+        default_env_file,
+        extra_args,
+        load_env_file,
+        parse_config,
+    )
 
     env_file = default_env_file()
     try:

@@ -13,9 +13,9 @@ from typing import Any, Callable
 from natix_miner.ops.wallet_files import WalletFiles
 
 PASS, WARN, FAIL, SKIP, INFO = "PASS", "WARN", "FAIL", "SKIP", "INFO"
-VPERMIT_TAO_LIMIT = 40096.0  # validators skip permit holders above this stake (PROTOCOL §2.2)
+VPERMIT_TAO_LIMIT = 40096.0  # validators skip permit holders above this stake (docs/protocol.md §2.2)
 NONCE_DELTA_S = 4.0  # bittensor axon ALLOWED_DELTA
-VALIDATOR_TIMEOUT_S = 9.0  # PROTOCOL §2.5
+VALIDATOR_TIMEOUT_S = 9.0  # docs/protocol.md §2.5
 CLOCK_WARN_S = 2.0
 CLOCK_FAIL_S = NONCE_DELTA_S + VALIDATOR_TIMEOUT_S
 BURN_ROW_SHARE = 0.9  # a validator "burns" when >= 90 % of its weight goes to the owner's UID
@@ -202,6 +202,6 @@ def check_burn(mg: Any, owner_uid: int | None, max_age_blocks: int = 1000) -> Ch
               f"{BURN_ROW_SHARE:.0%} of their weight on the subnet owner's UID {o}")
     if share >= BURN_STAKE_SHARE:
         return CheckResult(name, WARN, f"subnet halted: validators burn to the owner's UID {o}; " + detail,
-                           "validators skip the forward pass while halted (PROTOCOL §12): no rewards for miners. "
+                           "validators skip the forward pass while halted (docs/protocol.md §10): no rewards for miners. "
                            "Watch NATIX announcements; test on testnet 323 before paying for mainnet")
     return CheckResult(name, PASS, detail)

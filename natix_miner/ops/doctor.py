@@ -23,7 +23,7 @@ Local checks (``--skip-network`` runs only these):
 Network checks:
 
 * **registration** — the hotkey is registered on the netuid (metagraph), and does not hold a
-  validator permit with more than 40096 stake (such UIDs are never queried, PROTOCOL §2.2).
+  validator permit with more than 40096 stake (such UIDs are never queried, docs/protocol.md §2.2).
 * **axon published** — the axon IP/port on chain is set (not 0.0.0.0) and matches this machine's
   public IP (``bittensor.utils.networking.get_external_ip``).
 * **port reachable** — a TCP connect to the published ip:port from here. Behind NAT without
@@ -33,7 +33,7 @@ Network checks:
   than 4 s + timeout (9 s): skew > 2 s is a WARN, > 13 s a FAIL.
 * **validators active** — permit holders whose ``last_update`` is within ``--active-blocks`` blocks.
 * **subnet halt** — upstream halts the subnet by burning: validators put all their weight on the subnet
-  **owner's UID** (the UID of ``get_subnet_owner_hotkey(netuid)``) and skip the forward pass (PROTOCOL §12).
+  **owner's UID** (the UID of ``get_subnet_owner_hotkey(netuid)``) and skip the forward pass (docs/protocol.md §10).
   When most active validator stake puts its weight there: WARN "subnet halted".
 """
 
@@ -46,14 +46,32 @@ from pathlib import Path
 from typing import Any, Callable
 
 from natix_miner.ops import probes
+from natix_miner.ops.chain_checks import (  # noqa: F401 - re-exported: the doctor's public API
+    BURN_ROW_SHARE,
+    BURN_STAKE_SHARE,
+    CLOCK_FAIL_S,
+    CLOCK_WARN_S,
+    FAIL,
+    INFO,
+    NONCE_DELTA_S,
+    PASS,
+    SKIP,
+    VALIDATOR_TIMEOUT_S,
+    VPERMIT_TAO_LIMIT,
+    WARN,
+    CheckResult,
+    check_axon_published,
+    check_burn,
+    check_clock,
+    check_port_reachable,
+    check_registration,
+    check_validators_active,
+    find_uid,
+)
 from natix_miner.ops.probes import NTP_EPOCH_OFFSET, http_date_offset, sntp_offset, tcp_connect  # noqa: F401
 from natix_miner.ops.wallet_files import WalletFiles, read_hotkey_ss58
 
-from natix_miner.ops.chain_checks import (  # noqa: F401 - re-exported: the doctor's public API
-    BURN_ROW_SHARE, BURN_STAKE_SHARE, CLOCK_FAIL_S, CLOCK_WARN_S, FAIL, INFO, NONCE_DELTA_S, PASS, SKIP,
-    VALIDATOR_TIMEOUT_S, VPERMIT_TAO_LIMIT, WARN, CheckResult, check_axon_published, check_burn, check_clock,
-    check_port_reachable, check_registration, check_validators_active, find_uid,
-)
+
 # ---------------------------------------------------------------------------------------------- local checks
 def check_wallet(wf: WalletFiles) -> CheckResult:
     name = "wallet"

@@ -1,4 +1,4 @@
-"""``model_card.json`` for a public Hugging Face model repo — optional today (PROTOCOL §4.9, §12).
+"""``model_card.json`` for a public Hugging Face model repo — optional today (docs/protocol.md §4.9, §12).
 
 The file sits at the repo root::
 
@@ -187,7 +187,7 @@ def build_parser():
     p = argparse.ArgumentParser(
         prog="scripts/model_card.py",
         description="Optional (validators stopped requiring model cards on 2025-11-30): write DIR/model_card.json "
-                    "(PROTOCOL §4.9), validate it with the validators' historical rules, and optionally upload DIR "
+                    "(docs/protocol.md §4.9), validate it with the validators' historical rules, and optionally upload DIR "
                     "to a public Hugging Face model repo (token from HF_TOKEN).",
     )
     p.add_argument("--model-dir", required=True, help="folder to publish (created if missing)")

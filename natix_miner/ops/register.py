@@ -1,7 +1,7 @@
 """Register the miner with the NATIX application server: ``register.sh`` in Python (docs/protocol.md §4.8).
 
 **Optional, and probably unused today**: upstream removed the registration docs (2026-01/02) and deleted
-``register.sh`` (2026-05-03); validators do not check it (PROTOCOL §12). Kept for operators whom NATIX asks to.
+``register.sh`` (2026-05-03); validators do not check it (docs/protocol.md §10). Kept for operators whom NATIX asks to.
 
 Steps, as the upstream script (``register.sh``, 2025-11-30 version) does them:
 

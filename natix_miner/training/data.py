@@ -9,7 +9,7 @@ A data spec (one ``--data`` value, optionally ``DIR=W`` for a mixing weight) is 
 2. **NATIX-style parquet** (``*.parquet``: ``image`` as bytes or ``{"bytes": ...}``, ``label``, optional
    ``scene_description``, optional ``video_info.vid_id`` / ``video_info`` struct with ``vid_id``). Rows whose
    ``scene_description`` disagrees with the label (label 0 with a description, label 1 without) are dropped, as the
-   validator's cache skips them (PROTOCOL §2.3); all frames of one video share one split group;
+   validator's cache skips them (docs/protocol.md §2.3); all frames of one video share one split group;
 3. **pseudo-labelled** ``soft_labels.jsonl``: ``{"file": "rel/path.jpg", "prob": 0.93, "confidence": 0.86, ...}``
    per line → ``target = prob``, ``label = prob >= 0.5``, ``condition = "pseudo"``; lines with ``confidence`` below
    ``min_confidence`` are dropped.

@@ -2,7 +2,7 @@
 
 Every image gives a ``full`` view (the image as sent at full resolution, validators' 2026-05 condition) and
 validator-like 224×224 crops made by the project's port of the validator augmentation
-(:mod:`natix_miner.validator.augment`, PROTOCOL §2.4) plus the validator's JPEG q75 encoding; training crops are
+(:mod:`natix_miner.validator.augment`, docs/protocol.md §2.4) plus the validator's JPEG q75 encoding; training crops are
 also flipped at random, which the validator does not do. Each crop comes from a generator seeded by (seed, image
 hash, view name), so features are cached once per backbone and reruns cost seconds.
 

@@ -1,4 +1,4 @@
-"""Train and eval transforms that mirror what validators send (PROTOCOL §12).
+"""Train and eval transforms that mirror what validators send (docs/protocol.md §10).
 
 A training image first goes through a *condition* drawn from the mix (``--conditions``), applied to the
 original image as a validator would, then is JPEG-encoded (Pillow default q75 as validators do, or a quality

@@ -338,7 +338,7 @@ def augment(image: Image.Image, rng: np.random.Generator | None = None, level: i
 
 
 def letterbox_base(image: Image.Image, size: tuple[int, int] = TARGET_SIZE):
-    """Condition ``letterbox-2026-04`` base transform (PROTOCOL §12): RGB, resize to fit inside ``size``
+    """Condition ``letterbox-2026-04`` base transform (docs/protocol.md §10): RGB, resize to fit inside ``size``
     keeping the aspect ratio (PIL bilinear), pad with black to ``size``, centred; ``ToTensor``. No crop."""
     img = image.convert("RGB")
     w, h = img.size

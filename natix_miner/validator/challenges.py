@@ -1,7 +1,7 @@
 """Challenge sampling like a NATIX validator (docs/protocol.md §2.3, §12), over local labelled folders.
 
 A folder holds ``roadwork/`` (label 1) and ``no_roadwork/`` (label 0) with .jpg/.jpeg/.png files.
-Per challenge, as ``natix/validator/challenge/selector.py`` since 2026-04 (PROTOCOL §12):
+Per challenge, as ``natix/validator/challenge/selector.py`` since 2026-04 (docs/protocol.md §10):
 
 1. ``label`` uniform in {0, 1} (drawn first);
 2. the source uniform in {synthetic, real, api}; synthetic splits uniformly over the synthetic
@@ -31,7 +31,7 @@ CONDITION_AUG = "aug-2026-01"
 CONDITION_FULLRES = "fullres"
 CONDITION_LETTERBOX = "letterbox-2026-04"
 CONDITIONS = (CONDITION_AUG, CONDITION_LETTERBOX, CONDITION_FULLRES)
-SOURCE_KINDS = ("synthetic", "real", "api")  # drawn uniformly after the label (PROTOCOL §12)
+SOURCE_KINDS = ("synthetic", "real", "api")  # drawn uniformly after the label (docs/protocol.md §10)
 
 
 def list_images(folder: str | Path) -> dict[int, list[Path]]:

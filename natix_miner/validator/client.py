@@ -12,7 +12,7 @@ the tracker, so the 10-answer accuracy window covers one challenge and the 100-a
 ten, exactly as on the real subnet for a miner that is alone in the deck), update the EMA score
 once per challenge, and build a :class:`Report`.
 
-With ``organic_share`` > 0 that share of the steps is an organic query instead (PROTOCOL §12,
+With ``organic_share`` > 0 that share of the steps is an organic query instead (docs/protocol.md §10,
 :mod:`.organic`): one full-resolution copy, scored against ``round(mean)`` of our answer and simulated
 peers' answers, in the same tracker. Challenges whose source has no image (no ``api`` folder, no
 synthetic folders) are skipped like a validator does and redrawn; ``skipped`` counts them per source.

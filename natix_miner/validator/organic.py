@@ -1,4 +1,4 @@
-"""The organic consensus scenario (PROTOCOL §12, ``natix/validator/proxy/proxy.py`` of 2026-04-29).
+"""The organic consensus scenario (docs/protocol.md §10, ``natix/validator/proxy/proxy.py`` of 2026-04-29).
 
 Upstream, every 600 s a validator pulls a full-resolution image from NATIX's API, sends it to 10
 miners, and scores each miner against ``round(mean of the valid predictions)`` of those 10 — in the

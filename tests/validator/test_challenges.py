@@ -108,7 +108,7 @@ def test_conditions(tmp_path):
 
 
 def test_letterbox_condition_fits_pads_and_never_crops(tmp_path):
-    """letterbox-2026-04 (PROTOCOL §12): fit inside 224×224 keeping the aspect ratio, pad black, centred."""
+    """letterbox-2026-04 (docs/protocol.md §10): fit inside 224×224 keeping the aspect ratio, pad black, centred."""
     from natix_miner.validator.augment import augment_letterbox, letterbox_base
     from natix_miner.validator.challenges import Sample
 

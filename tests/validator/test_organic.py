@@ -1,4 +1,4 @@
-"""The organic consensus scenario (PROTOCOL §12): peers, the consensus label, the report block."""
+"""The organic consensus scenario (docs/protocol.md §10): peers, the consensus label, the report block."""
 
 import math
 
