@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--seed", type=int, default=0)
     a("--workers", type=int, default=2, help="DataLoader worker processes")
     a("--min-confidence", type=float, default=0.0, help="drop pseudo labels below this confidence")
+    a("--distill-temperature", type=float, default=1.0, metavar="T",
+      help="distillation temperature for soft targets (pseudo labels): loss T^2 * BCE(logit/T, sigmoid(logit(p)/T)); "
+           "1 = plain BCE on the probabilities")
     a("--wandb-project", default=None, help="log to Weights & Biases (off unless given)")
     a("--push-to-hub", default=None, metavar="REPO", help="upload OUT/model/ to this Hugging Face model repo")
     a("--debug-keys", action="store_true", help=argparse.SUPPRESS)
@@ -74,6 +77,7 @@ def config_from_args(args: argparse.Namespace):
         test_frac=args.test_frac, cv_folds=args.cv_folds, cv_repeats=args.cv_repeats, patience=args.patience,
         seed=args.seed,
         workers=args.workers, min_confidence=args.min_confidence, data_weight=weights,
+        distill_temperature=args.distill_temperature,
         wandb_project=args.wandb_project, debug_keys=args.debug_keys)
 
 

@@ -36,6 +36,7 @@ class TrainConfig(BaseModel):
     seed: int = 0
     workers: int = Field(2, ge=0)
     min_confidence: float = Field(0.0, ge=0, le=1)
+    distill_temperature: float = Field(1.0, gt=0)  # T of the distillation loss on soft targets (1: plain BCE)
     data_weight: dict[str, float] = Field(default_factory=dict)
     wandb_project: str | None = None
     debug_keys: bool = False  # write the sample keys each rank trained on (tests of the distributed sampler)
@@ -61,4 +62,4 @@ class TrainConfig(BaseModel):
         """The settings a resumed run must share with the run it continues."""
         return self.model_dump(include={"data", "model", "batch_size", "grad_accum", "image_size", "resize",
                                         "seed", "val_frac", "test_frac", "cv_folds", "cv_repeats",
-                                        "freeze_backbone"})
+                                        "freeze_backbone", "distill_temperature"})
