@@ -141,3 +141,13 @@ def test_small_folders_degrade_instead_of_raising(k):
     tested = Counter(s.key for _, te in folds for s in te)
     assert set(tested) == {s.key for s in samples} and set(tested.values()) == {1}
     fold_assignment(small, k, seed=3)  # no ValueError
+
+
+def test_train_py_on_a_folder_too_small_to_stratify_trains_instead_of_a_traceback(tmp_path):
+    from natix_miner.training.cli import main
+    from tests.training.train_helpers import make_folder, train_args
+
+    data = make_folder(tmp_path / "tiny", n_per_class=3)  # 3 per class < the 5 folds of --test-frac 0.2
+    assert main(train_args(data, tmp_path / "run", "test_convnext", "--epochs", "1")) == 0
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["n_train"] + m["n_val"] + m["n_test"] == 6 and m["n_test"] >= 1
