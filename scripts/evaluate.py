@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Evaluate a profile in process on a labelled folder (roadwork/ and no_roadwork/ subfolders).
+"""Evaluate a profile in process on a labelled folder (roadwork/ and no_roadwork/ subfolders) or a
+pseudo-labelled folder (soft_labels.jsonl from scripts/pseudo_label.py; labels = prob >= 0.5, reported as such).
 
     .venv/bin/python scripts/evaluate.py --images natix_miner/assets/samples --profile configs/lite-cpu.yaml \
         --report reports/eval.json [--condition fullres|none|aug-2026-01] [--plots]
@@ -67,6 +68,8 @@ def main(argv=None) -> int:
               f"its numbers on them are optimistic: evaluate the held-out split with --split {o['provenance']}")
     for kind, m in (rep.get("per_condition") or {}).items():  # SOURCES.tsv kind: real | i2i | t2i | api
         print(f"  condition {kind}: n={m['n']} MCC={m['mcc']:.3f} accuracy={m['accuracy']:.3f}")
+    if rep.get("labels") == "pseudo":
+        print(f"  NOTE: {rep['labels_note']}")
     print(f"report: {report_path}" + (f", plots: {out_dir}" if out_dir else ""))
     return 0
 

@@ -24,9 +24,9 @@ from typing import Any
 
 from loguru import logger
 
-SOFT_LABELS = "soft_labels.jsonl"  # natix_miner.training.data.SOFT_LABELS
+from natix_miner.datasets import IMAGE_EXTS, SOFT_LABELS  # the layout training and evaluation read
+
 REJECTED = "rejected.jsonl"
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
 @dataclass
@@ -118,11 +118,9 @@ def select_tiers(profile: Any, tiers: list[str] | None, all_tiers: bool) -> Any:
         unknown = sorted(set(tiers) - set(names))
         if unknown:
             raise ValueError(f"--tiers {','.join(unknown)}: not in profile {profile.name} (tiers: {', '.join(names)})")
-        for t in profile.tiers:
-            t.enabled = t.name in tiers
-    if all_tiers:
-        for t in profile.tiers:
-            t.exit_threshold = 2.0  # above any confidence: never exits before the last tier
+        profile = profile.replace(tiers=[t.replace(enabled=t.name in tiers) for t in profile.tiers])
+    if all_tiers:  # confidence >= 1.0 needs a calibrated answer of exactly 0 or 1: no early exit in practice
+        profile = profile.replace(tiers=[t.replace(exit_threshold=1.0) for t in profile.tiers])
     return profile
 
 

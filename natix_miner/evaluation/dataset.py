@@ -1,27 +1,24 @@
-"""Labelled image folders: ``DIR/roadwork/*`` (label 1) and ``DIR/no_roadwork/*`` (label 0)."""
+"""Evaluation folders: labelled ``DIR/roadwork/*`` (label 1) and ``DIR/no_roadwork/*`` (label 0), or a
+pseudo-labelled folder (``DIR/soft_labels.jsonl`` from scripts/pseudo_label.py: label = ``prob >= 0.5``, read with
+the reader training uses, :func:`natix_miner.datasets.read_soft_labels`)."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-LABEL_DIRS = {"roadwork": 1, "no_roadwork": 0}
+from natix_miner.datasets import IMAGE_EXTS, LABEL_DIRS, SOFT_LABELS, is_pseudo_folder, read_soft_labels, source_of
+
+IMAGE_SUFFIXES = IMAGE_EXTS
+__all__ = ["IMAGE_SUFFIXES", "LABEL_DIRS", "LabelledImage", "is_pseudo_folder", "list_labelled", "load_split",
+           "source_of"]
 
 
 @dataclass(frozen=True)
 class LabelledImage:
     path: Path
     label: int
-
-
-def source_of(path: str | Path) -> str:
-    """An image's source for per-source metrics: the leading letters of its file name before ``_`` or
-    ``-`` (``gtsdb_00461.jpg`` -> ``gtsdb``, ``ucb_frame10.jpg`` -> ``ucb``), else ``images``. Used by
-    scripts/evaluate.py and scripts/train_head.py alike."""
-    m = re.match(r"^([A-Za-z]+)[_\-]", Path(path).name)
-    return m.group(1).lower() if m else "images"
+    prob: float | None = None  # the pseudo label's probability (soft_labels.jsonl); None for a hard label
 
 
 def load_split(path: str | Path) -> set[str]:
@@ -42,11 +39,15 @@ def load_split(path: str | Path) -> set[str]:
 
 def list_labelled(root: str | Path, limit_per_class: int | None = None,
                   only: set[str] | None = None) -> list[LabelledImage]:
-    """The labelled images under ``root``; ``only``: keep just these keys (see :func:`load_split`)."""
+    """The labelled images under ``root``; ``only``: keep just these keys (see :func:`load_split`; for a
+    pseudo-labelled folder ``<folder name>/<file as listed in soft_labels.jsonl>``)."""
     root = Path(root)
+    if is_pseudo_folder(root):
+        return _list_pseudo(root, limit_per_class, only)
     missing = [d for d in LABEL_DIRS if not (root / d).is_dir()]
     if missing:
-        raise FileNotFoundError(f"{root}: expected subfolders roadwork/ and no_roadwork/ (missing: {', '.join(missing)})")
+        raise FileNotFoundError(f"{root}: expected subfolders roadwork/ and no_roadwork/ (missing: {', '.join(missing)}) "
+                                f"or a pseudo-labelled folder with {SOFT_LABELS}")
     items: list[LabelledImage] = []
     for d, label in LABEL_DIRS.items():
         files = sorted(p for p in (root / d).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -57,5 +58,19 @@ def list_labelled(root: str | Path, limit_per_class: int | None = None,
         items += [LabelledImage(p, label) for p in files]
     if not items:
         raise FileNotFoundError(f"{root}: no images found in roadwork/ or no_roadwork/"
+                                + (" that belong to the given split" if only is not None else ""))
+    return items
+
+
+def _list_pseudo(root: Path, limit_per_class: int | None, only: set[str] | None) -> list[LabelledImage]:
+    labels, _ = read_soft_labels(root)  # DatasetError (a ValueError) names the file and line
+    if only is not None:
+        labels = [sl for sl in labels if f"{root.name}/{sl.rel}" in only]
+    items: list[LabelledImage] = []
+    for label in (1, 0):
+        mine = [LabelledImage(sl.path, label, sl.prob) for sl in labels if sl.label == label]
+        items += mine[:limit_per_class] if limit_per_class is not None else mine
+    if not items:
+        raise FileNotFoundError(f"{root}: no images listed in {SOFT_LABELS}"
                                 + (" that belong to the given split" if only is not None else ""))
     return items

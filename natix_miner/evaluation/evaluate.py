@@ -144,6 +144,14 @@ def run_evaluation(images_dir: str | Path, profile_path: str | Path | None, *, c
     report["images"] = str(images_dir)
     from natix_miner.evaluation.conditions import per_condition  # SOURCES.tsv `kind`
 
+    if any(it.prob is not None for it in items):  # soft_labels.jsonl: the ground truth is itself a model's guess
+        report["labels"] = "pseudo"
+        report["labels_note"] = ("pseudo labels from soft_labels.jsonl (label = prob >= 0.5), not human labels: the "
+                                 "metrics measure agreement with the labelling profile")
+        report["per_condition"] = {"pseudo": binary_metrics([r.label for r in records],
+                                                            [r.prediction for r in records])}
+    else:
+        report["labels"] = "hard"
     if (pc := per_condition(images_dir, records)) is not None:
         report["per_condition"] = pc
     report["profile"] = str(getattr(profile, "source", profile_path))

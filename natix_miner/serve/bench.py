@@ -195,7 +195,7 @@ def run(profile_path: str | None, n: int, warmup: int, rounds: int, num_cpus: in
     # the overhead requests carry no key, so no cache answers them (in process or in the service); the miners
     # of the burst test send keys, and their engines (remote: single flight; in process: batch dedup) and
     # the service use the profile's cache as configured
-    prof.serve = prof.serve or {"ingress": {"num_cpus": 0.25}, "defaults": {"num_cpus": 1}}
+    prof = prof.replace(serve=prof.serve or {"ingress": {"num_cpus": 0.25}, "defaults": {"num_cpus": 1}})
     zero = parse_profile({**ZERO_COST, "serve": {"ingress": {"num_cpus": 0.1}, "defaults": {"num_cpus": 0.1}}})
     import socket
 

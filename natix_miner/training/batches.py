@@ -7,6 +7,8 @@
   the epoch's draw is cut to a multiple of the world size and rank ``r`` takes positions ``r, r+W, ...``, so
   the ranks share one draw and never the same position (disjoint data). ``skip`` drops the first items of the
   epoch: a resumed run continues mid-epoch without loading the batches it already trained on.
+* :func:`distill_loss` is the training loss: binary cross-entropy on hard labels, and knowledge distillation with a
+  temperature on soft targets (pseudo labels).
 """
 
 from __future__ import annotations
@@ -63,9 +65,33 @@ def collate(items: list[dict[str, Any] | None]) -> dict[str, Any]:
     if good:
         out["x"] = torch.stack([it["x"] for it in good])
         out["target"] = torch.tensor([it["target"] for it in good], dtype=torch.float32)
+        out["soft"] = torch.tensor([is_soft(it["condition"], it["target"]) for it in good], dtype=torch.bool)
         for k in ("label", "key", "source", "condition", "view"):
             out[k] = [it[k] for it in good]
     return out
+
+
+def is_soft(condition: str, target: float) -> bool:
+    """A soft target (distilled with the temperature): a pseudo label, or any target that is not exactly 0 or 1."""
+    return condition == "pseudo" or target not in (0.0, 1.0)
+
+
+def distill_loss(logits: torch.Tensor, target: torch.Tensor, soft: torch.Tensor | None = None,
+                 temperature: float = 1.0) -> torch.Tensor:
+    """Mean loss of a batch: ``BCE(logit, target)`` for hard labels; for soft targets (``soft`` True) with
+    temperature T, the binary form of Hinton et al.'s distillation loss ``T² · BCE(logit / T, p')`` where the
+    teacher's probability is softened as ``p' = sigmoid(logit(p) / T)`` and the student's logit is divided by T
+    alike (``T²`` keeps the gradient scale independent of T). ``T = 1`` is plain BCE on the soft targets."""
+    import torch.nn.functional as F
+
+    hard = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    if soft is None or temperature == 1.0 or not bool(soft.any()):
+        return hard.mean()
+    t = float(temperature)
+    p = target.clamp(1e-6, 1 - 1e-6)
+    p_soft = torch.sigmoid(torch.logit(p) / t)
+    kd = F.binary_cross_entropy_with_logits(logits / t, p_soft, reduction="none") * (t * t)
+    return torch.where(soft.to(logits.device), kd, hard).mean()
 
 
 class EpochSampler(Sampler):

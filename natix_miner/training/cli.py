@@ -43,11 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
     a("--no-class-balance", dest="class_balanced", action="store_false", help="sample uniformly")
     a("--val-frac", type=float, default=0.2, help="validation split carved from training data")
     a("--test-frac", type=float, default=0.2, help="held-out test split (metrics only)")
-    a("--cv-folds", type=int, default=0, help="grouped K-fold CV metrics, then a final model")
+    a("--cv-folds", type=int, default=0, help="nested grouped K-fold CV metrics (training.cv.nested_cv, inner "
+                                              "holdout of --val-frac), then a final model")
+    a("--cv-repeats", type=int, default=1, help="repeat the K-fold CV R times with new folds: metrics.json gives the "
+                                                "mean and the spread (_sd) per source, condition and view")
     a("--patience", type=int, default=5, help="early stopping: epochs without a better val MCC@50/50")
     a("--seed", type=int, default=0)
     a("--workers", type=int, default=2, help="DataLoader worker processes")
     a("--min-confidence", type=float, default=0.0, help="drop pseudo labels below this confidence")
+    a("--distill-temperature", type=float, default=1.0, metavar="T",
+      help="distillation temperature for soft targets (pseudo labels): loss T^2 * BCE(logit/T, sigmoid(logit(p)/T)); "
+           "1 = plain BCE on the probabilities")
     a("--wandb-project", default=None, help="log to Weights & Biases (off unless given)")
     a("--push-to-hub", default=None, metavar="REPO", help="upload OUT/model/ to this Hugging Face model repo")
     a("--debug-keys", action="store_true", help=argparse.SUPPRESS)
@@ -68,8 +74,10 @@ def config_from_args(args: argparse.Namespace):
         freeze_backbone=args.freeze_backbone, resume=args.resume, lr=args.lr, weight_decay=args.weight_decay,
         layer_decay=args.layer_decay if args.layer_decay < 1 else None, warmup_steps=args.warmup_steps,
         ema=args.ema or None, class_balanced=args.class_balanced, val_frac=args.val_frac,
-        test_frac=args.test_frac, cv_folds=args.cv_folds, patience=args.patience, seed=args.seed,
+        test_frac=args.test_frac, cv_folds=args.cv_folds, cv_repeats=args.cv_repeats, patience=args.patience,
+        seed=args.seed,
         workers=args.workers, min_confidence=args.min_confidence, data_weight=weights,
+        distill_temperature=args.distill_temperature,
         wandb_project=args.wandb_project, debug_keys=args.debug_keys)
 
 

@@ -31,10 +31,12 @@ class TrainConfig(BaseModel):
     val_frac: float = Field(0.2, ge=0, lt=1)  # carved from training data: early stopping, threshold, temperature
     test_frac: float = Field(0.2, ge=0, lt=1)  # held out: metrics.json only
     cv_folds: int = Field(0, ge=0)  # > 1: grouped K-fold CV metrics (each fold: its own val split), then a final model
+    cv_repeats: int = Field(1, ge=1)  # repeats of the K-fold CV (new fold seed each): metrics are mean and _sd
     patience: int = Field(5, ge=1)  # epochs without a better val MCC at 50/50 before stopping
     seed: int = 0
     workers: int = Field(2, ge=0)
     min_confidence: float = Field(0.0, ge=0, le=1)
+    distill_temperature: float = Field(1.0, gt=0)  # T of the distillation loss on soft targets (1: plain BCE)
     data_weight: dict[str, float] = Field(default_factory=dict)
     wandb_project: str | None = None
     debug_keys: bool = False  # write the sample keys each rank trained on (tests of the distributed sampler)
@@ -59,4 +61,5 @@ class TrainConfig(BaseModel):
     def fingerprint(self) -> dict:
         """The settings a resumed run must share with the run it continues."""
         return self.model_dump(include={"data", "model", "batch_size", "grad_accum", "image_size", "resize",
-                                        "seed", "val_frac", "test_frac", "cv_folds", "freeze_backbone"})
+                                        "seed", "val_frac", "test_frac", "cv_folds", "cv_repeats",
+                                        "freeze_backbone", "distill_temperature"})

@@ -15,14 +15,13 @@ A data spec (one ``--data`` value, optionally ``DIR=W`` for a mixing weight) is 
    ``min_confidence`` are dropped.
 
 Sources (per-source metrics) are ``<folder>/<file-name prefix>`` for image files
-(:func:`natix_miner.evaluation.dataset.source_of`) and ``<folder>/<parquet stem>`` for parquet rows. Groups keep
+(:func:`natix_miner.datasets.source_of`) and ``<folder>/<parquet stem>`` for parquet rows. Groups keep
 near-duplicates on one side of a split: a file name ending in a frame number is grouped with the names sharing its
 prefix in the same block of ``group_block`` numbers (GTSDB: nearby numbers are one drive, one roadwork site).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import threading
@@ -33,6 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from natix_miner.datasets import (
+    IMAGE_EXTS,
+    LABEL_DIRS,
+    SOFT_LABELS,
+    DatasetError,
+    read_soft_labels,
+    source_of,
+)
 from natix_miner.training.splits import grouped_folds, grouped_split
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -54,10 +61,7 @@ __all__ = [
     "stem_group",
 ]
 
-LABEL_DIRS = {"roadwork": 1, "no_roadwork": 0}
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 CONDITIONS = ("real", "i2i", "t2i", "api", "pseudo")
-SOFT_LABELS = "soft_labels.jsonl"
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ class Sample:
     licence: str = "unknown"
 
 
-class DataError(ValueError):
+class DataError(DatasetError):
     """Refused training input; the message names the folder or file and what is wrong."""
 
 
@@ -145,8 +149,6 @@ def _images_under(d: Path) -> list[Path]:
 
 
 def _scan_folder(root: Path, weight: float, block: int) -> tuple[list[Sample], dict[str, int], dict[str, str]]:
-    from natix_miner.evaluation.dataset import source_of
-
     meta = _read_sources_tsv(root)
     out, parents = [], {}
     for sub, label in LABEL_DIRS.items():
@@ -229,34 +231,18 @@ def _scan_parquet(root: Path, weight: float, block: int) -> tuple[list[Sample], 
 # --------------------------------------------------------------------------------------------- pseudo labels
 def _scan_pseudo(root: Path, weight: float, block: int, min_confidence: float
                  ) -> tuple[list[Sample], dict[str, int], dict[str, str]]:
-    from natix_miner.evaluation.dataset import source_of
-
-    jf = root / SOFT_LABELS
-    out, dropped = [], Counter()
-    for n, line in enumerate(jf.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            rel, prob = str(rec["file"]), float(rec["prob"])
-            conf = float(rec.get("confidence", max(prob, 1 - prob)))
-        except (ValueError, KeyError, TypeError) as e:
-            raise DataError(f"{jf}:{n}: expected a JSON object with 'file' and 'prob' ({type(e).__name__}: {e})") from None
-        if not (0.0 <= prob <= 1.0):
-            raise DataError(f"{jf}:{n}: prob {prob} is not a probability in [0, 1]")
-        if conf < min_confidence:
-            dropped["below_min_confidence"] += 1
-            continue
-        f = root / rel
-        if not f.is_file():
-            raise DataError(f"{jf}:{n}: {f} does not exist")
-        label = int(prob >= 0.5)
-        stem = Path(rel).stem
-        out.append(Sample(key=f"{root.name}/{Path(rel).as_posix()}", label=label, target=prob,
+    try:
+        labels, below = read_soft_labels(root, min_confidence=min_confidence)
+    except DatasetError as e:
+        raise DataError(str(e)) from None
+    out = []
+    for sl in labels:
+        stem = Path(sl.rel).stem
+        out.append(Sample(key=f"{root.name}/{sl.rel}", label=sl.label, target=sl.prob,
                           source=f"{root.name}/{source_of(stem)}", group=f"{root.name}/{stem_group(stem, block)}",
-                          path=str(f), weight=weight, condition="pseudo", dataset=root.name,
-                          licence=str(rec.get("license") or "unknown")))
-    return out, dict(dropped), {}
+                          path=str(sl.path), weight=weight, condition="pseudo", dataset=root.name,
+                          licence=str(sl.record.get("license") or "unknown")))
+    return out, ({"below_min_confidence": below} if below else {}), {}
 
 
 # ------------------------------------------------------------------------------------------------- scanning

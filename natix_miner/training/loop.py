@@ -1,5 +1,6 @@
 """The training loop for one model: AdamW with layer-wise LR decay, warmup + cosine, gradient accumulation,
-bf16 autocast on CUDA, EMA weights, class-balanced sampling, soft targets, early stopping on the validation
+bf16 autocast on CUDA, EMA weights, class-balanced sampling, soft targets (distilled with
+``distill_temperature``), early stopping on the validation
 split's MCC at 50/50, a checkpoint every epoch and ``--resume``, DDP when launched by torchrun.
 
 The LR schedule follows ``epochs`` (``max_steps`` only stops the run early), so a run stopped by
@@ -25,7 +26,7 @@ from loguru import logger
 from torch.utils.data import DataLoader
 
 from natix_miner.training import checkpoint as ckpt
-from natix_miner.training.batches import EpochSampler, ImageDataset, collate
+from natix_miner.training.batches import EpochSampler, ImageDataset, collate, distill_loss
 from natix_miner.training.config import TrainConfig
 from natix_miner.training.distributed import DistEnv, barrier, broadcast
 from natix_miner.training.models import BinaryClassifier
@@ -212,7 +213,6 @@ def fit(cfg: TrainConfig, model: BinaryClassifier, train: Sequence[Any], val: Se
 
     log = _Wandb(cfg, dist_env.main)
     cuda = device.startswith("cuda")
-    loss_fn = torch.nn.BCEWithLogitsLoss()
     seen_keys: list[str] = []
     stop = cfg.max_steps is not None and res.step >= cfg.max_steps
     while epoch < cfg.epochs and not stop:
@@ -234,7 +234,8 @@ def fit(cfg: TrainConfig, model: BinaryClassifier, train: Sequence[Any], val: Se
                     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                         if batch["n"]:
                             logits = net(batch["x"].to(device, non_blocking=True)).float()
-                            loss = loss_fn(logits, batch["target"].to(device))
+                            loss = distill_loss(logits, batch["target"].to(device), batch["soft"],
+                                                cfg.distill_temperature)
                         else:  # every image unreadable: a zero loss through the (DDP) forward keeps ranks in step
                             blank = torch.zeros(1, 3, model.image_size, model.image_size, device=device)
                             loss = net(blank).float().sum() * 0.0

@@ -8,7 +8,9 @@ Splits (all grouped: frames of one video, near-duplicates, an i2i image and its 
 * with ``cv_folds`` K > 1: :func:`natix_miner.training.cv.nested_cv` (``inner="holdout"``), the protocol
   train_head uses: each of K grouped folds is the test part once; a grouped carve-out of ``val_frac`` of its
   training part early-stops the fit and picks the fold's threshold; the fold's scores are remapped so that
-  threshold sits at 0.5 and pooled. ``metrics.json`` reports the pooled out-of-fold metrics. Then a final model
+  threshold sits at 0.5 and pooled. ``cv_repeats`` R repeats the whole CV with new folds. ``metrics.json``
+  reports the pooled out-of-fold metrics, averaged over repeats with ``<metric>_sd`` the spread across repeats, per
+  source, per condition and per view (the same report as scripts/train_head.py's ``nested_cv``). Then a final model
   trains on all data but a validation split, and is exported.
 
 Only rank 0 evaluates, writes metrics and exports; every rank trains.
@@ -214,8 +216,8 @@ def _cross_validate(cfg: TrainConfig, samples, splits_mod, api, dist_env, device
         got = broadcast(dist_env, got)
         return [ViewScores(g["rows"], ["full"] * len(g["rows"]), g["scores"]) for g in got]
 
-    result = nested_cv(samples, fit_predict, folds=cfg.cv_folds, repeats=1, seed=cfg.seed, inner="holdout",
-                       holdout_frac=cfg.val_frac or 0.2)
+    result = nested_cv(samples, fit_predict, folds=cfg.cv_folds, repeats=cfg.cv_repeats, seed=cfg.seed,
+                       inner="holdout", holdout_frac=cfg.val_frac or 0.2)
     report = result.report(samples)
     final_cfg = cfg.model_copy(update={"test_frac": 0.0})
     final = _train_one(final_cfg, samples, [], splits_mod, api, dist_env, device, out / "final", export=True)
@@ -225,10 +227,12 @@ def _cross_validate(cfg: TrainConfig, samples, splits_mod, api, dist_env, device
     card_path = out / "model" / "model_card.json"  # the exported model's card carries the CV metrics
     card = json.loads(card_path.read_text())
     card["metrics"] = {k: pooled.get(k) for k in ("n", "mcc", "mcc_balanced", "accuracy", "auc", "reward")}
-    card["metrics_split"] = (f"nested grouped {cfg.cv_folds}-fold CV of the same recipe (out-of-fold); the exported "
+    card["metrics_split"] = (f"nested grouped {cfg.cv_folds}-fold CV x {cfg.cv_repeats} of the same recipe "
+                             "(out-of-fold, mean over repeats); the exported "
                              "model is the final fit on all data but its validation split")
     card_path.write_text(json.dumps(card, indent=2, default=_json))
-    pooled.update({"split": f"nested grouped {cfg.cv_folds}-fold CV (natix_miner.training.cv, inner holdout of "
+    pooled.update({"split": f"nested grouped {cfg.cv_folds}-fold CV x {cfg.cv_repeats} repeats "
+                            f"(natix_miner.training.cv, inner holdout of "
                             f"{cfg.val_frac or 0.2}): out-of-fold scores, each fold's threshold from its carve-out",
                    "cv": {k: v for k, v in report.items() if k != "metrics"},
                    "threshold": final.get("threshold"), "temperature": final.get("temperature"),

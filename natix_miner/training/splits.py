@@ -1,9 +1,13 @@
 """Grouped, label-stratified splits and folds of :class:`~natix_miner.training.data.Sample` lists.
 
-Every rule works per data folder (``Sample.dataset``): each folder is split on its own with sklearn's
-``StratifiedGroupKFold(shuffle=True, random_state=seed)`` so that its share of each class is kept on both sides, and
-a group (frames of one video, near-duplicate frames, an i2i image and its parent) never straddles a split. The
-result depends only on the samples (their order included) and the seed.
+Every rule works per split unit: a data folder (``Sample.dataset``), or the union of folders that share a group
+(an i2i image in a synthetic folder and its parent in the real folder), so that a group never straddles a split even
+across folders. Each unit is split with sklearn's ``StratifiedGroupKFold(shuffle=True, random_state=seed)`` so that
+its share of each class is kept on both sides, and a group (frames of one video, near-duplicate frames, an i2i image
+and its parent) stays on one side. A unit too small to stratify (every class has fewer members than the splits)
+degrades to an unstratified grouped split (fewer folds when it has fewer groups), with a warning; a unit with fewer
+than two groups or a single class only trains. The result depends only on the samples (their order included) and
+the seed.
 """
 
 from __future__ import annotations
@@ -23,16 +27,57 @@ __all__ = ["fold_assignment", "grouped_folds", "grouped_split", "repeat_seed", "
 
 
 def _by_dataset(samples: Sequence[S]) -> dict[str, list[int]]:
+    """Sample indices per split unit: a data folder, or the folders joined by a group they share ("a+b")."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    first: dict[str, str] = {}  # group -> the first folder it was seen in
+    for s in samples:
+        find(s.dataset)
+        other = first.setdefault(s.group, s.dataset)
+        if other != s.dataset:
+            a, b = find(other), find(s.dataset)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    members: dict[str, list[str]] = {}
+    for d in parent:
+        members.setdefault(find(d), []).append(d)
+    name = {d: "+".join(sorted(members[find(d)])) for d in parent}
     out: dict[str, list[int]] = {}
     for i, s in enumerate(samples):
-        out.setdefault(s.dataset, []).append(i)
+        out.setdefault(name[s.dataset], []).append(i)
+    for unit in out:
+        if "+" in unit:
+            logger.info("{}: these data folders share split groups (i2i parents); they are split together", unit)
     return dict(sorted(out.items()))
 
 
-def _kfold(n_splits: int, seed: int):
-    from sklearn.model_selection import StratifiedGroupKFold
+def _unit_splits(unit: str, y: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> list[np.ndarray] | None:
+    """Test indices of each of ``n_splits`` grouped folds of one split unit (stratified when every fold can hold a
+    member of some class, else grouped only, with a warning), or ``None`` when the unit cannot be split (fewer
+    than two groups or a single class: it only trains)."""
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
-    return StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    n_groups = len(set(groups.tolist()))
+    counts = np.unique(y, return_counts=True)[1]
+    if n_groups < 2 or len(counts) < 2:
+        logger.warning("{}: fewer than 2 groups or a single class; its {} samples are only trained on", unit, len(y))
+        return None
+    n = min(n_splits, n_groups)
+    if n < n_splits:
+        logger.warning("{}: {} groups for {} folds; split into {} folds", unit, n_groups, n_splits, n)
+    if n > int(counts.max()):  # sklearn refuses: "n_splits cannot be greater than the number of members in each class"
+        logger.warning("{}: too few images per class to stratify {} folds ({}); grouped split without stratification",
+                       unit, n, dict(zip(*np.unique(y, return_counts=True))))
+        ids = {g: i for i, g in enumerate(np.random.default_rng(seed).permutation(sorted(set(groups.tolist()))))}
+        shuffled = np.array([ids[g] for g in groups.tolist()])  # GroupKFold itself does not shuffle
+        return [te for _, te in GroupKFold(n_splits=n).split(y, y, shuffled)]
+    return [te for _, te in StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed).split(y, y, groups)]
 
 
 def grouped_split(samples: Sequence[S], test_frac: float, seed: int) -> tuple[list[S], list[S]]:
@@ -50,11 +95,12 @@ def grouped_split(samples: Sequence[S], test_frac: float, seed: int) -> tuple[li
     for ds, idx in _by_dataset(samples).items():
         y = np.array([samples[i].label for i in idx])
         groups = np.array([samples[i].group for i in idx])
-        if len(set(groups.tolist())) < n_splits or len(set(y.tolist())) < 2:
-            logger.warning("{}: too few groups/classes for a held-out split; all {} samples go to training", ds, len(idx))
+        if len(set(groups.tolist())) < n_splits:
+            logger.warning("{}: too few groups for a held-out split; all {} samples go to training", ds, len(idx))
             continue
-        _, te = next(iter(_kfold(n_splits, seed).split(np.zeros(len(idx)), y, groups)))
-        test_idx.update(idx[j] for j in te.tolist())
+        folds = _unit_splits(ds, y, groups, n_splits, seed)
+        if folds is not None:
+            test_idx.update(idx[j] for j in folds[0].tolist())
     train = [s for i, s in enumerate(samples) if i not in test_idx]
     test = [s for i, s in enumerate(samples) if i in test_idx]
     return train, test
@@ -69,11 +115,7 @@ def fold_assignment(samples: Sequence[S], k: int, seed: int) -> np.ndarray:
     for ds, idx in _by_dataset(samples).items():
         y = np.array([samples[i].label for i in idx])
         groups = np.array([samples[i].group for i in idx])
-        n = min(k, len(set(groups.tolist())))
-        if n < 2 or len(set(y.tolist())) < 2:
-            logger.warning("{}: fewer than 2 groups or a single class; its {} samples are only trained on", ds, len(idx))
-            continue
-        for f, (_, te) in enumerate(_kfold(n, seed).split(y, y, groups)):
+        for f, te in enumerate(_unit_splits(ds, y, groups, k, seed) or []):
             fold[[idx[j] for j in te.tolist()]] = f
     return fold
 

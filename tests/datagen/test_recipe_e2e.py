@@ -83,9 +83,11 @@ def test_recipe_end_to_end_on_cpu(tmp_path):
     _run("scripts/train.py", "--data", str(real), "--data", f"{synth}=0.5", "--data", f"{pseudo}=0.5",
          "--min-confidence", "0.6", "--model", "test_convnext", "--no-pretrained", "--image-size", "32",
          "--batch-size", "8", "--workers", "0", "--conditions", "fullres", "--epochs", "1", "--ema", "0",
-         "--out", str(run))
+         "--distill-temperature", "2", "--out", str(run))
     metrics = json.loads((run / "metrics.json").read_text())
     assert "per_condition" in metrics and (run / "model" / "model.safetensors").is_file()
+    card = json.loads((run / "model" / "model_card.json").read_text())
+    assert card["training"]["distill_temperature"] == 2.0
     export = json.loads((run / "model" / "config.json").read_text())
 
     # profile with the export → evaluation per condition (SOURCES.tsv kind)
@@ -98,3 +100,7 @@ def test_recipe_end_to_end_on_cpu(tmp_path):
     ev = json.loads(report.read_text())
     assert {k: v["n"] for k, v in ev["per_condition"].items()} == {"i2i": 2, "t2i": 2}
     assert set(ev["per_model"]) == {"mix"}
+    # the pseudo-labelled folder evaluates too, its labels reported as pseudo labels (prob >= 0.5)
+    _run("scripts/evaluate.py", "--images", str(pseudo), "--profile", str(trained), "--report", str(report))
+    ev = json.loads(report.read_text())
+    assert ev["labels"] == "pseudo" and ev["n"] == 16 and ev["per_condition"]["pseudo"]["n"] == 16

@@ -291,3 +291,54 @@ def test_evaluate_warns_when_images_were_in_the_heads_training_set(data, tmp_pat
     assert _script("evaluate").main(["--images", str(root), "--profile", str(prof), "--report", str(report),
                                      "--split", str(head / "provenance.json")]) == 0
     assert "training_overlap" not in json.loads(report.read_text())
+
+
+def _pseudo_from(root, tmp_path, conf=0.8):
+    """The labelled fixture as scripts/pseudo_label.py writes it: images/ + soft_labels.jsonl (prob per image)."""
+    import shutil
+
+    out = tmp_path / "pseudo"
+    (out / "images").mkdir(parents=True)
+    lines = []
+    for sub, prob in (("roadwork", 0.9), ("no_roadwork", 0.2)):
+        for f in sorted((root / sub).iterdir()):
+            shutil.copy(f, out / "images" / f"{sub}_{f.name}")
+            lines.append(json.dumps({"file": f"images/{sub}_{f.name}", "prob": prob, "confidence": conf,
+                                     "votes": {"vlm": prob}}))
+    (out / "soft_labels.jsonl").write_text("\n".join(lines) + "\n")
+    return out
+
+
+def test_evaluate_reads_a_pseudo_labelled_folder_and_says_so(data, tmp_path, capsys):
+    root, prof = data
+    pseudo = _pseudo_from(root, tmp_path)
+    report = tmp_path / "out" / "pseudo.json"
+    assert _script("evaluate").main(["--images", str(pseudo), "--profile", str(prof), "--report", str(report)]) == 0
+    rep = json.loads(report.read_text())
+    assert rep["n"] == 24 and rep["mcc"] == pytest.approx(1.0)  # labels = prob >= 0.5 (0.9 red, 0.2 blue)
+    assert rep["labels"] == "pseudo" and "pseudo labels" in rep["labels_note"]
+    assert rep["per_condition"]["pseudo"]["n"] == 24
+    assert "pseudo labels" in capsys.readouterr().out
+    hard = tmp_path / "out" / "hard.json"
+    assert _script("evaluate").main(["--images", str(root), "--profile", str(prof), "--report", str(hard)]) == 0
+    assert json.loads(hard.read_text())["labels"] == "hard"
+
+
+def test_training_and_evaluation_read_soft_labels_with_one_reader(data, tmp_path):
+    from natix_miner.evaluation.dataset import list_labelled
+    from natix_miner.training.data import DataError, scan_data
+
+    root, _ = data
+    pseudo = _pseudo_from(root, tmp_path)
+    items = list_labelled(pseudo)
+    samples = scan_data([str(pseudo)])
+    assert sorted((str(i.path), i.label) for i in items) == sorted((s.path, s.label) for s in samples)
+    assert {i.prob for i in items} == {0.9, 0.2} and {s.condition for s in samples} == {"pseudo"}
+    assert len(list_labelled(pseudo, limit_per_class=3)) == 6
+    assert len(list_labelled(pseudo, only={"pseudo/images/roadwork_0.jpg"})) == 1
+    with open(pseudo / "soft_labels.jsonl", "a") as fh:
+        fh.write('{"file": "images/missing.jpg", "prob": 0.7}\n')
+    with pytest.raises(DataError, match="missing.jpg"):
+        scan_data([str(pseudo)])
+    with pytest.raises(ValueError, match="missing.jpg"):
+        list_labelled(pseudo)

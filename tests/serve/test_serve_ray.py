@@ -276,8 +276,8 @@ def test_lite_cpu_profile_served_equals_in_process(service):
     from natix_miner.serve.app import deploy
 
     svc, _ = service
-    prof = load_profile(REPO_ROOT / "configs" / "lite-cpu.yaml")
-    prof.serve = {"ingress": {"num_cpus": 0.25}, "defaults": {"num_cpus": 0.5}}
+    prof = load_profile(REPO_ROOT / "configs" / "lite-cpu.yaml").replace(
+        serve={"ingress": {"num_cpus": 0.25}, "defaults": {"num_cpus": 0.5}})
     port = int(svc.url.rsplit(":", 1)[1].split("/")[0])
     lite = deploy(prof, port=port, devices={"cpu": 8000.0}, name="lite", route_prefix="/lite")
     files = sorted((REPO_ROOT / "natix_miner" / "assets" / "samples").glob("*/*.jpg"))[:4]

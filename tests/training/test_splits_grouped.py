@@ -98,3 +98,56 @@ def test_reproduces_the_committed_heads_held_out_split():
     _, test = grouped_split(scan_data([str(GTSDB)], group_block=prov["args"]["group_block"]),
                                 prov["args"]["test_frac"], prov["args"]["seed"])
     assert sorted(s.key for s in test) == prov["split"]["heldout_items"]
+
+
+def _real_and_i2i(n_real=40, n_i2i=25):
+    """40 real images (own groups) and 25 i2i children in another folder, each in its parent's group."""
+    real = [Sample(key=f"real/{i}", label=i % 2, target=float(i % 2), source="real/x", group=f"real/g{i}",
+                   dataset="real") for i in range(n_real)]
+    i2i = [Sample(key=f"synth/{i}", label=i % 2, target=float(i % 2), source="synth/x", group=f"real/g{i}",
+                  dataset="synth", condition="i2i") for i in range(n_i2i)]
+    return real + i2i
+
+
+def _straddling(train, test):
+    return {s.group for s in train} & {s.group for s in test}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_groups_shared_across_folders_never_straddle_a_split_or_fold(seed):
+    samples = _real_and_i2i()
+    train, test = grouped_split(samples, 0.2, seed=seed)
+    assert test and not _straddling(train, test)
+    assert {s.dataset for s in test} == {"real", "synth"}  # the joined folders are still split, not only trained
+    folds = grouped_folds(samples, 5, seed=seed)
+    assert len(folds) == 5 and sum(len(te) for _, te in folds) == len(samples)
+    for tr, te in folds:
+        assert not _straddling(tr, te)
+    # folders that share no group are still split each on its own
+    other = synth(dataset="z")
+    assert {s.dataset for s in grouped_split(samples + other, 0.2, seed)[1]} == {"real", "synth", "z"}
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_small_folders_degrade_instead_of_raising(k):
+    # 3 roadwork + 3 no_roadwork, 6 groups: sklearn's StratifiedGroupKFold(5) raises "n_splits=5 cannot be greater
+    # than the number of members in each class"
+    small = [Sample(key=f"s/{i}", label=int(i < 3), target=float(i < 3), source="s/x", group=f"s/g{i}",
+                    dataset="s") for i in range(6)]
+    samples = synth(dataset="a") + small
+    train, test = grouped_split(samples, 0.2, seed=0)
+    assert len(train) + len(test) == len(samples) and {s.dataset for s in test} == {"a", "s"}
+    folds = grouped_folds(samples, 5, seed=0)
+    tested = Counter(s.key for _, te in folds for s in te)
+    assert set(tested) == {s.key for s in samples} and set(tested.values()) == {1}
+    fold_assignment(small, k, seed=3)  # no ValueError
+
+
+def test_train_py_on_a_folder_too_small_to_stratify_trains_instead_of_a_traceback(tmp_path):
+    from natix_miner.training.cli import main
+    from tests.training.train_helpers import make_folder, train_args
+
+    data = make_folder(tmp_path / "tiny", n_per_class=3)  # 3 per class < the 5 folds of --test-frac 0.2
+    assert main(train_args(data, tmp_path / "run", "test_convnext", "--epochs", "1")) == 0
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["n_train"] + m["n_val"] + m["n_test"] == 6 and m["n_test"] >= 1

@@ -145,14 +145,16 @@ def test_cuda_oom_names_the_flags(data, tmp_path, monkeypatch, capsys):
 @pytest.mark.slow
 def test_cross_validation_reports_out_of_fold_metrics_and_exports(data, tmp_path):
     out = tmp_path / "cv"
-    assert main(train_args(data, out, "test_convnext", "--epochs", "1", "--cv-folds", "2")) == 0
+    assert main(train_args(data, out, "test_convnext", "--epochs", "1", "--cv-folds", "2", "--cv-repeats", "2")) == 0
     m = json.loads((out / "metrics.json").read_text())
-    assert m["cv"]["folds"] == 2 and m["cv"]["inner"] == "holdout"
-    assert m["n"] == 32  # every image predicted once, out of fold
-    assert (out / "cv" / "fold0" / "scores.json").is_file() and (out / "cv" / "fold1" / "scores.json").is_file()
+    assert m["cv"]["folds"] == 2 and m["cv"]["inner"] == "holdout" and m["cv"]["repeats"] == 2
+    assert m["n"] == 32  # every image predicted once per repeat, out of fold
+    assert "mcc_balanced_sd" in m and "auc_sd" in m  # mean and spread over the repeats (training.cv.nested_cv)
+    assert all("mcc_balanced_sd" in v for v in m["per_condition"].values())
+    assert all((out / "cv" / f"fold{i}" / "scores.json").is_file() for i in range(4))  # 2 folds x 2 repeats
     assert (out / "model" / "model.safetensors").is_file() and m["threshold"] == m["final_model"]["threshold"]
     card = json.loads((out / "model" / "model_card.json").read_text())
-    assert card["metrics"]["n"] == m["n"] and "CV" in card["metrics_split"]
+    assert card["metrics"]["n"] == m["n"] and "CV x 2" in card["metrics_split"]
 
 
 def test_help_does_not_import_torch():
