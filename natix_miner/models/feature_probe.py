@@ -85,6 +85,7 @@ class FeatureProbeOptions(tu.TorchFamilyOptions):
     head: str | None = None
     pooling: str | None = None  # cls | mean | cls+mean, checked at load (the head's meta wins)
     image_size: int | None = None
+    features_only: bool = False  # load no head even if one is given (scripts/train_head.py sets it)
 
 
 @register("feature_probe")
@@ -123,7 +124,7 @@ class FeatureProbeAdapter(tu.TorchAdapter):
 
     def _head_path(self) -> str | None:
         value = self._opt("head")
-        if not value:
+        if not value or self.opts.features_only:
             return None
         path = Path(self.resolve(str(value)))
         return str(path / "head.pt") if path.is_dir() else str(path)

@@ -114,3 +114,12 @@ def test_timm_classifier_temperature_option_overrides_the_export(tmp_path):
     z = own.predict(im)[0].evidence["logit"]
     assert over.predict(im)[0].evidence["logit"] == z
     assert over.predict(im)[0].p == pytest.approx(1 / (1 + math.exp(-z / 0.5)), abs=1e-3)
+
+
+@pytest.mark.parametrize("family", ["efficientnet_lite", "feature_probe"])
+def test_train_head_features_only_options_are_accepted(family):
+    # natix_miner.training.features.build_backbone always adds features_only: true
+    a = build_adapter(_spec(family, None, features_only=True, head="some/head.pt", pooling="avg"))
+    assert a.opts.features_only is True
+    if family == "feature_probe":
+        assert a._head_path() is None  # features only: the head is not loaded
