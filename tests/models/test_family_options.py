@@ -123,3 +123,14 @@ def test_train_head_features_only_options_are_accepted(family):
     assert a.opts.features_only is True
     if family == "feature_probe":
         assert a._head_path() is None  # features only: the head is not loaded
+
+
+def test_predict_paths_read_the_parsed_options_not_the_raw_mapping():
+    zs = build_adapter(_spec("zero_shot", tiles=2, temperature=0.5))
+    ov = build_adapter(_spec("open_vocab_detector", threshold=0.4))
+    el = build_adapter(_spec("efficientnet_lite", None, tta="flip"))
+    for a in (zs, ov, el):
+        a.spec.options.clear()  # a read of spec.options from here on would see the defaults
+        a.spec.options["tiles"] = "garbage"
+    ov.arch = "owlv2"
+    assert (zs.tiles, zs.temperature, ov.threshold, el.tta) == (2, 0.5, 0.4, "flip")
