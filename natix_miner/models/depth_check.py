@@ -50,9 +50,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from loguru import logger
+from pydantic import Field
 
 from natix_miner.models import _torch_utils as tu
-from natix_miner.models.base import Adapter, AdapterError
+from natix_miner.models.base import Adapter, AdapterError, OptionsError
 from natix_miner.models.detection import ROADWORK_PROMPTS, Detection, noisy_or, normalise_label
 from natix_miner.models.registry import build_adapter, register
 from natix_miner.types import Vote
@@ -194,6 +195,20 @@ def detections_from_votes(votes: Sequence[Vote]) -> list[list[Detection]]:
     return out
 
 
+class DepthCheckOptions(tu.TorchFamilyOptions):
+    """``options:`` of ``type: depth_check`` (see the module docstring), parsed once at build."""
+
+    detector: Any = None  # a nested model spec mapping (checked when the detector is built)
+    size_priors: Any = None  # {label: [near_min, far_max, near_max]} (checked at load)
+    class_map: Any = None  # None: the detector's class_map, else the roadwork prompts
+    floor: float = Field(0.3, ge=0.0, le=1.0)
+    box_shrink: float = Field(0.5, ge=0.05, le=1.0)
+    sharpness: float = Field(1.0, ge=0.0, le=10.0)
+    min_score: float = Field(0.05, ge=0.0, le=1.0)
+    prior: float = Field(0.02, ge=0.0, le=1.0)
+    disparity: bool = True
+
+
 @register("depth_check")
 class DepthCheckAdapter(tu.TorchAdapter):
     """Detector whose boxes are re-weighted by a depth-based size check (see the module docstring).
@@ -202,9 +217,12 @@ class DepthCheckAdapter(tu.TorchAdapter):
     ``options.detector``.
     """
     released_attrs = ("depth_model",)
+    options_model = DepthCheckOptions
+    opts: DepthCheckOptions
 
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
+        self._check_detector_options()
         self.detector: Adapter | None = None
         self.depth_model = None
         self.processor = None
@@ -213,7 +231,29 @@ class DepthCheckAdapter(tu.TorchAdapter):
         self.priors: dict[str, SizePrior] = {}
 
     def _opt(self, key: str, default: Any = None) -> Any:
-        return self.spec.options.get(key, default)
+        """The parsed option ``key``, or ``default`` when the profile does not give it."""
+        value = getattr(self.opts, key)
+        return default if value is None else value
+
+    def _check_detector_options(self) -> None:
+        """A typo in ``options.detector.options`` stops the start at build, like one in ``options``
+        (the rest of the nested spec is checked when the detector is built at load)."""
+        from natix_miner.models.registry import adapter_class
+        from natix_miner.profile import ModelSpec
+
+        d = self.opts.detector
+        if not isinstance(d, Mapping) or not d.get("type") or d["type"] == self.family:
+            return
+        try:
+            cls = adapter_class(str(d["type"]))
+        except Exception:  # noqa: BLE001 - an unknown/uninstallable type is reported when it is built
+            return
+        sub = ModelSpec(name=f"{self.name}.detector", type=str(d["type"]), licence=self.spec.licence,
+                        options=dict(d.get("options") or {}))
+        try:
+            cls.parse_options(sub)
+        except OptionsError as e:
+            raise OptionsError(self.name, f"options.detector.{e.key}", e.reason) from None
 
     def _build_detector(self) -> Adapter:
         from natix_miner.profile import ModelSpec
@@ -243,11 +283,7 @@ class DepthCheckAdapter(tu.TorchAdapter):
 
         device = tu.resolve_device(self.name, device)
         self.priors = _priors(self.name, self._opt("size_priors"))
-        floor = tu.float_option(self, "floor", 0.3)
-        tu.float_option(self, "box_shrink", 0.5, lo=0.05, hi=1.0)
-        tu.float_option(self, "sharpness", 1.0, lo=0.0, hi=10.0)
-        tu.float_option(self, "min_score", 0.05)
-        tu.float_option(self, "prior", 0.02)
+        floor = self.opts.floor
         t0 = time.perf_counter()
         if self.detector is None:
             self.detector = self._build_detector()
@@ -301,11 +337,9 @@ class DepthCheckAdapter(tu.TorchAdapter):
             return []
         if self.detector is None or self.depth_model is None:
             raise AdapterError(f"{self.name}: predict before load")
-        kw = dict(min_score=tu.float_option(self, "min_score", 0.05), prior=tu.float_option(self, "prior", 0.02),
-                  floor=tu.float_option(self, "floor", 0.3),
-                  sharpness=tu.float_option(self, "sharpness", 1.0, lo=0.0, hi=10.0),
-                  disparity=bool(self._opt("disparity", True)),
-                  shrink=tu.float_option(self, "box_shrink", 0.5, lo=0.05, hi=1.0))
+        o = self.opts  # parsed once, when the adapter was built
+        kw = dict(min_score=o.min_score, prior=o.prior, floor=o.floor, sharpness=o.sharpness,
+                  disparity=o.disparity, shrink=o.box_shrink)
         dets = self._detections(images)
         votes = []
         # depth only where a counted detection needs it (most frames have none)

@@ -52,7 +52,7 @@ import math
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +60,7 @@ from loguru import logger
 from torch import nn
 
 from natix_miner.models import _torch_utils as tu
-from natix_miner.models.base import AdapterError
+from natix_miner.models.base import AdapterError, FamilyOptions
 from natix_miner.models.registry import register
 from natix_miner.scoring import sigmoid
 from natix_miner.types import Vote
@@ -257,6 +257,22 @@ def pooled_dim(pooling: str) -> int:
 # Adapter
 
 
+class EfficientNetLiteOptions(FamilyOptions):
+    """``options:`` of ``type: efficientnet_lite`` (see the module docstring), parsed once at build.
+    None = not given (the head's ``meta`` or the module default applies)."""
+
+    weights: str | None = None
+    head: str | None = None
+    threads: int | None = None
+    remap_threshold: bool = False
+    short_side: int | None = None
+    max_long_side: int | None = None
+    pooling: str | None = None  # checked by pool_map at load
+    features_only: bool = False
+    crop: Literal["none", "centre"] = "none"
+    tta: Literal["none", "flip"] = "none"
+
+
 @register("efficientnet_lite")
 class EfficientNetLiteAdapter(tu.TorchAdapter):
     """Lite0 backbone + trained head (see the module docstring for how ``p`` is formed).
@@ -266,6 +282,8 @@ class EfficientNetLiteAdapter(tu.TorchAdapter):
     the features; with a head they come from the head file).
     """
     released_attrs = ("model", "head")
+    options_model = EfficientNetLiteOptions
+    opts: EfficientNetLiteOptions
 
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
@@ -274,19 +292,17 @@ class EfficientNetLiteAdapter(tu.TorchAdapter):
         self.short_side = int(self._opt("short_side", DEFAULT_SHORT_SIDE))
         self.max_long_side = int(self._opt("max_long_side", DEFAULT_MAX_LONG_SIDE))
         self.pooling = str(self._opt("pooling", DEFAULT_POOLING))
-        self.crop = str(self._opt("crop", "none"))
-        if self.crop not in ("none", "centre"):
-            raise AdapterError(f"{self.name}: options.crop must be 'none' or 'centre', got {self.crop!r}")
-        self.tta = str(self._opt("tta", "none"))
-        if self.tta not in ("none", "flip"):
-            raise AdapterError(f"{self.name}: options.tta must be 'none' or 'flip', got {self.tta!r}")
+        self.crop = self.opts.crop  # none | centre, checked at build
+        self.tta = self.opts.tta  # none | flip, checked at build
         self.logit_shift = 0.0
         self.weights_path: str | None = None
         self.backbone_licence = "Apache-2.0"
 
     # -- options ---------------------------------------------------------------------------
     def _opt(self, key: str, default: Any = None) -> Any:
-        return (self.spec.options or {}).get(key, default)
+        """The parsed option ``key``, or ``default`` when the profile does not give it."""
+        value = getattr(self.opts, key)
+        return default if value is None else value
 
     def _head_path(self) -> str:
         value = self._opt("head") or self.spec.model

@@ -78,10 +78,22 @@ def pool_tokens(hidden: "torch.Tensor", pooling: str, n_prefix: int) -> "torch.T
     return torch.cat(parts, 1)
 
 
+class FeatureProbeOptions(tu.TorchFamilyOptions):
+    """``options:`` of ``type: feature_probe`` (see the module docstring), parsed once at build.
+    None = not given (the head's ``meta`` or the module default applies)."""
+
+    head: str | None = None
+    pooling: str | None = None  # cls | mean | cls+mean, checked at load (the head's meta wins)
+    image_size: int | None = None
+    features_only: bool = False  # load no head even if one is given (scripts/train_head.py sets it)
+
+
 @register("feature_probe")
 class FeatureProbeAdapter(tu.TorchAdapter):
     """DINOv2/DINOv3 features + trained head (see the module docstring for how ``p`` is formed)."""
     released_attrs = ("model", "head")
+    options_model = FeatureProbeOptions
+    opts: FeatureProbeOptions
 
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
@@ -97,7 +109,9 @@ class FeatureProbeAdapter(tu.TorchAdapter):
         self.std = IMAGENET_STD
 
     def _opt(self, key: str, default: Any = None) -> Any:
-        return self.spec.options.get(key, default)
+        """The parsed option ``key``, or ``default`` when the profile does not give it."""
+        value = getattr(self.opts, key)
+        return default if value is None else value
 
     @property
     def feature_dim(self) -> int:
@@ -110,7 +124,7 @@ class FeatureProbeAdapter(tu.TorchAdapter):
 
     def _head_path(self) -> str | None:
         value = self._opt("head")
-        if not value:
+        if not value or self.opts.features_only:
             return None
         path = Path(self.resolve(str(value)))
         return str(path / "head.pt") if path.is_dir() else str(path)
@@ -143,9 +157,10 @@ class FeatureProbeAdapter(tu.TorchAdapter):
             raise AdapterError(f"{self.name}: pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         size = int(head_meta.get("image_size", self._opt("image_size", DEFAULT_IMAGE_SIZE)))
         for key, used in (("pooling", pooling), ("image_size", size)):
-            if key in head_meta and key in self.spec.options and self.spec.options[key] != used:
+            given = self._opt(key)
+            if key in head_meta and given is not None and given != used:
                 logger.warning("{}: options.{}={!r} ignored: the head was trained with {!r}", self.name, key,
-                               self.spec.options[key], used)
+                               given, used)
 
         source, is_local = tu.model_source(self, self.spec.model or DEFAULT_BACKBONE)
         dtype = tu.resolve_dtype(self.name, self._opt("dtype"), device)

@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 from loguru import logger
+from pydantic import Field
 
 from natix_miner.models import _torch_utils as tu
 from natix_miner.models.base import AdapterError
@@ -178,9 +179,24 @@ def parse_florence(text: str, token_spans: list[tuple[int, int]], token_logprobs
     return out
 
 
+class OpenVocabOptions(tu.TorchFamilyOptions):
+    """``options:`` of ``type: open_vocab_detector`` (see the module docstring), parsed once at build."""
+
+    arch: str | None = None  # owlv2 | grounding_dino | florence2 (checked at load); None: inferred
+    prompts: Any = None  # {prompt: weight} or a list of prompts (checked at load); None/true: the defaults
+    class_map: Any = None  # florence2 <OD>: {label: weight}; None: the prompts
+    task: str = "<OD>"  # florence2 task (checked at load)
+    threshold: float | None = Field(None, ge=0.0, le=1.0)  # None: the arch's default
+    nms_iou: float = Field(0.5, ge=0.0, le=1.0)
+    prior: float = Field(0.02, ge=0.0, le=1.0)
+    max_new_tokens: int = Field(256, ge=1)  # florence2 generation
+
+
 @register("open_vocab_detector")
 class OpenVocabAdapter(tu.TorchAdapter):
     released_attrs = ("model", "processor", "_query_embeds")
+    options_model = OpenVocabOptions
+    opts: OpenVocabOptions
 
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
@@ -197,15 +213,21 @@ class OpenVocabAdapter(tu.TorchAdapter):
         self.task = "<OD>"
         self._pre: dict[str, Any] = {}
 
+    @property
+    def threshold(self) -> float:
+        """``options.threshold``, else the architecture's default."""
+        t = self.opts.threshold
+        return DEFAULT_THRESHOLD[self.arch] if t is None else t
+
     # -- loading ---------------------------------------------------------------------------
     def _prompt_weights(self) -> dict[str, float]:
-        prompts = self.spec.options.get("prompts")
+        prompts = self.opts.prompts
         if prompts is None or prompts is True:
             return dict(ROADWORK_PROMPTS)
         return tu.weight_map(self, prompts, "prompts")
 
     def _arch(self, source: str, is_local: bool) -> str:
-        arch = self.spec.options.get("arch")
+        arch = self.opts.arch
         if arch is None:
             arch = infer_arch(source)
         if arch is None:
@@ -221,14 +243,11 @@ class OpenVocabAdapter(tu.TorchAdapter):
     def load(self, device: str) -> None:
         from transformers import AutoProcessor
 
-        opts = self.spec.options
         device = tu.resolve_device(self.name, device)
         source, is_local = tu.model_source(self)
         self.arch = self._arch(source, is_local)
-        self.dtype = tu.resolve_dtype(self.name, opts.get("dtype"), device, DEFAULT_CUDA_DTYPE[self.arch])
+        self.dtype = tu.resolve_dtype(self.name, self.opts.dtype, device, DEFAULT_CUDA_DTYPE[self.arch])
         self.prompts = self._prompt_weights()
-        tu.float_option(self, "threshold", DEFAULT_THRESHOLD[self.arch])
-        tu.float_option(self, "nms_iou", 0.5)
         t0 = time.perf_counter()
         before = tu.cuda_allocated(device)
         self.processor = tu.hf_load(self, AutoProcessor, source, is_local, what="processor")
@@ -282,11 +301,11 @@ class OpenVocabAdapter(tu.TorchAdapter):
                                f"{len(enc['input_ids'])} tokens; Grounding DINO takes at most {max_len}")
 
     def _prepare_florence(self) -> None:
-        task = str(self.spec.options.get("task", "<OD>"))
+        task = self.opts.task
         if task not in FLORENCE_TASKS:
             raise AdapterError(f"{self.name}: options.task must be one of {', '.join(FLORENCE_TASKS)}, got {task!r}")
         self.task = task
-        cmap = self.spec.options.get("class_map")
+        cmap = self.opts.class_map
         self.class_map = tu.weight_map(self, cmap, "class_map") if cmap is not None else dict(self.prompts)
 
     # -- inference -------------------------------------------------------------------------
@@ -300,7 +319,7 @@ class OpenVocabAdapter(tu.TorchAdapter):
         groups = (tu.size_groups(rgb, self.spec.batch_size) if self.arch == "grounding_dino"
                   else tu.chunks(len(rgb), self.spec.batch_size))
         out: list[list[Detection]] = [[] for _ in rgb]
-        iou = tu.float_option(self, "nms_iou", 0.5)
+        iou = self.opts.nms_iou
         for idx in groups:
             for i, dets in zip(idx, run([rgb[i] for i in idx])):
                 out[i] = nms_detections(dets, iou) if self.arch != "florence2" else dets
@@ -321,7 +340,7 @@ class OpenVocabAdapter(tu.TorchAdapter):
         outputs = Owlv2ObjectDetectionOutput(logits=logits.float(), pred_boxes=boxes.float())
         sizes = [(max(im.size), max(im.size)) for im in batch]  # boxes are relative to the padded square
         results = self.processor.image_processor.post_process_object_detection(
-            outputs, threshold=tu.float_option(self, "threshold", DEFAULT_THRESHOLD["owlv2"]), target_sizes=sizes)
+            outputs, threshold=self.threshold, target_sizes=sizes)
         names = list(self.prompts)
         out = []
         for im, r in zip(batch, results):
@@ -347,7 +366,7 @@ class OpenVocabAdapter(tu.TorchAdapter):
         per_prompt = torch.where(tp[None, None], probs[:, :, None, :], torch.zeros((), device=probs.device))
         per_prompt = per_prompt.amax(-1)  # (B, Q, K)
         score, k = per_prompt.max(-1)
-        threshold = tu.float_option(self, "threshold", DEFAULT_THRESHOLD["grounding_dino"])
+        threshold = self.threshold
         names = list(self.prompts)
         out = []
         for b, im in enumerate(batch):
@@ -363,7 +382,7 @@ class OpenVocabAdapter(tu.TorchAdapter):
         prompt = self.task if self.task == "<OD>" else self.task + grounding_caption(list(self.prompts))[0]
         inputs = tu.move_inputs(self.processor(text=[prompt] * len(batch), images=batch, return_tensors="pt",
                                                **self._pre), self.device, self.dtype)
-        gen = self.model.generate(**inputs, max_new_tokens=int(self.spec.options.get("max_new_tokens", 256)),
+        gen = self.model.generate(**inputs, max_new_tokens=self.opts.max_new_tokens,
                                   num_beams=1, do_sample=False, output_scores=True, return_dict_in_generate=True)
         trans = self.model.compute_transition_scores(gen.sequences, gen.scores, normalize_logits=True)
         seqs = gen.sequences[:, -trans.shape[1]:]  # the generated tokens (drop the decoder start token)
@@ -403,8 +422,7 @@ class OpenVocabAdapter(tu.TorchAdapter):
         if not images:
             return []
         weights = self.class_map if (self.arch == "florence2" and self.task == "<OD>") else self.prompts
-        prior = tu.float_option(self, "prior", 0.02)
-        threshold = tu.float_option(self, "threshold", DEFAULT_THRESHOLD[self.arch])
+        prior, threshold = self.opts.prior, self.threshold
         votes = []
         for dets in self.detections(images):
             p, used = roadwork_probability(dets, weights, min_score=threshold, prior=prior)

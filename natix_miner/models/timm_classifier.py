@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from loguru import logger
+from pydantic import Field
 
 from natix_miner.models import _torch_utils as tu
-from natix_miner.models.base import Adapter, AdapterError
+from natix_miner.models.base import Adapter, AdapterError, FamilyOptions
 from natix_miner.models.registry import register
 from natix_miner.types import Vote
 
@@ -35,9 +36,18 @@ if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
 
+class TimmClassifierOptions(FamilyOptions):
+    """``options:`` of ``type: timm_classifier`` (see the module docstring), parsed once at build."""
+
+    dtype: str | None = None  # auto | fp32 | fp16 | bf16 (checked by resolve_dtype at load)
+    temperature: float | None = Field(None, gt=0, allow_inf_nan=False)  # None: the export's
+
+
 @register("timm_classifier")
 class TimmClassifierAdapter(Adapter):
     requires = ("timm", "safetensors")
+    options_model = TimmClassifierOptions
+    opts: TimmClassifierOptions
 
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
@@ -50,7 +60,7 @@ class TimmClassifierAdapter(Adapter):
         from natix_miner.models.export_format import ExportError, load_export
 
         device = tu.resolve_device(self.name, device)
-        self.dtype = tu.resolve_dtype(self.name, self.spec.options.get("dtype"), device, default_cuda="bf16")
+        self.dtype = tu.resolve_dtype(self.name, self.opts.dtype, device, default_cuda="bf16")
         source, is_local = tu.model_source(self)
         if not is_local or not Path(source).is_dir():
             raise AdapterError(f"{self.name}: model must be a training export folder (OUT/model/ of "
@@ -63,7 +73,8 @@ class TimmClassifierAdapter(Adapter):
             raise AdapterError(f"{self.name}: {e}") from e
         except Exception as e:
             raise AdapterError(f"{self.name}: could not load the export {source}: {type(e).__name__}: {e}") from e
-        self.temperature = float(self.spec.options.get("temperature", config.get("temperature", 1.0)))
+        t = self.opts.temperature
+        self.temperature = float(t if t is not None else config.get("temperature", 1.0))
         if not math.isfinite(self.temperature) or self.temperature <= 0:
             raise AdapterError(f"{self.name}: temperature must be > 0, got {self.temperature}")
         self.model = model.to(device=device, dtype=self.dtype).eval()

@@ -46,9 +46,10 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Any, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence, TypeVar
 
 from loguru import logger
+from pydantic import Field, StrictInt
 
 from natix_miner.models import _torch_utils as tu
 from natix_miner.models.base import AdapterError
@@ -177,10 +178,25 @@ def _prompt_list(adapter_name: str, value: Any, default: Sequence[str], key: str
     return [str(v) for v in value]
 
 
+class ZeroShotOptions(tu.TorchFamilyOptions):
+    """``options:`` of ``type: zero_shot`` (see the module docstring), parsed once at build."""
+
+    positive_prompts: Any = None  # a non-empty list of strings (checked at load); None = the defaults
+    negative_prompts: Any = None
+    scoring: Literal["softmax", "mean_logit"] | None = None  # None: mean_logit for SigLIP, else softmax
+    tiles: StrictInt = Field(0, ge=0, le=6)  # 0 or 1 = whole image, 2..6 = grid size
+    tile_overlap: float = Field(0.2, ge=0.0, lt=0.9)
+    tile_reduce: Literal["max", "mean"] = "max"
+    square: Literal["pad", "squash", "crop"] = "pad"
+    temperature: float = Field(1.0, gt=0.0, allow_inf_nan=False)
+
+
 @register("zero_shot")
 class ZeroShotAdapter(tu.TorchAdapter):
     """CLIP / SigLIP prompt ensembles (see the module docstring for how ``p`` is formed)."""
     released_attrs = ("model", "text_embeds")
+    options_model = ZeroShotOptions
+    opts: ZeroShotOptions
 
     def __init__(self, spec, profile=None):
         super().__init__(spec, profile)
@@ -197,43 +213,30 @@ class ZeroShotAdapter(tu.TorchAdapter):
         self._fill = (127, 127, 127)
 
     def _opt(self, key: str, default: Any = None) -> Any:
-        return self.spec.options.get(key, default)
+        """The parsed option ``key``, or ``default`` when the profile does not give it."""
+        value = getattr(self.opts, key)
+        return default if value is None else value
 
-    # -- options ---------------------------------------------------------------------------
+    # -- options (parsed and checked at build) ---------------------------------------------
     @property
     def tiles(self) -> int:
-        t = self._opt("tiles", 0)
-        if isinstance(t, bool) or not isinstance(t, int) or t < 0 or t > 6:
-            raise AdapterError(f"{self.name}: options.tiles must be 0 (whole image) or a grid size 2..6, got {t!r}")
-        return t if t >= 2 else 0
+        return self.opts.tiles if self.opts.tiles >= 2 else 0
 
     @property
     def tile_overlap(self) -> float:
-        v = float(self._opt("tile_overlap", 0.2))
-        if not 0.0 <= v < 0.9:
-            raise AdapterError(f"{self.name}: options.tile_overlap must be in [0, 0.9), got {v}")
-        return v
+        return self.opts.tile_overlap
 
     @property
     def tile_reduce(self) -> str:
-        v = self._opt("tile_reduce", "max")
-        if v not in ("max", "mean"):
-            raise AdapterError(f"{self.name}: options.tile_reduce must be max or mean, got {v!r}")
-        return v
+        return self.opts.tile_reduce
 
     @property
     def square(self) -> str:
-        v = self._opt("square", "pad")
-        if v not in ("pad", "squash", "crop"):
-            raise AdapterError(f"{self.name}: options.square must be pad, squash or crop, got {v!r}")
-        return v
+        return self.opts.square
 
     @property
     def temperature(self) -> float:
-        v = float(self._opt("temperature", 1.0))
-        if v <= 0:
-            raise AdapterError(f"{self.name}: options.temperature must be > 0, got {v}")
-        return v
+        return self.opts.temperature
 
     # -- contract --------------------------------------------------------------------------
     def load(self, device: str) -> None:
@@ -241,8 +244,6 @@ class ZeroShotAdapter(tu.TorchAdapter):
         from transformers import AutoModel, AutoProcessor
 
         device = tu.resolve_device(self.name, device)
-        # validate the options before the (slow) load
-        _ = (self.tiles, self.tile_overlap, self.tile_reduce, self.square, self.temperature)
         pos = _prompt_list(self.name, self._opt("positive_prompts"), DEFAULT_POSITIVE_PROMPTS, "positive_prompts")
         neg = _prompt_list(self.name, self._opt("negative_prompts"), DEFAULT_NEGATIVE_PROMPTS, "negative_prompts")
         source, is_local = tu.model_source(self, self.spec.model or DEFAULT_MODEL)
@@ -262,8 +263,6 @@ class ZeroShotAdapter(tu.TorchAdapter):
         self.dtype = dtype
         self.kind = str(getattr(model.config, "model_type", ""))
         scoring = self._opt("scoring", "mean_logit" if self.kind in SIGLIP_TYPES else "softmax")
-        if scoring not in SCORINGS:
-            raise AdapterError(f"{self.name}: options.scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
         self.scoring = scoring
         ls = getattr(model, "logit_scale", None)
         self.scale = float(ls.detach().float().exp().item()) if ls is not None else 100.0
