@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import base64
 import io
-import json
 import os
 import platform
 import sys
@@ -26,6 +25,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from natix_miner.ops.json_report import emit_json  # noqa: E402
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -141,11 +142,7 @@ def main(argv=None) -> int:
     }
     out["ratio_p50"] = round(out["on"]["p50_ms"] / out["off"]["p50_ms"], 3)
     out["ratio_p99"] = round(out["on"]["p99_ms"] / out["off"]["p99_ms"], 3)
-    text = json.dumps(out, indent=2)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text)
-    print(text)
+    emit_json(out, a.out)
     return 0
 
 

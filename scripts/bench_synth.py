@@ -15,7 +15,6 @@ images/s; the images are noise). CPU with --random-init tiny is a smoke test onl
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -24,6 +23,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from natix_miner.ops.json_report import emit_json  # noqa: E402
 
 PRESETS = {"h100": dict(device="cuda", dtype="float16", sizes="1024,512", batch_size=4, steps=25, batches=5,
                         warmup=1)}
@@ -110,11 +111,7 @@ def main(argv=None) -> int:
     }
     if not cuda:
         out["note"] = "CPU run: a smoke test of the benchmark, not a throughput number"
-    text = json.dumps(out, indent=2)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text)
-    print(text)
+    emit_json(out, a.out)
     return 0
 
 

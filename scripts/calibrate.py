@@ -13,12 +13,13 @@ text with the fitted values changed, its comments kept. Warns when a split has f
 """
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from natix_miner.ops.json_report import emit_json  # noqa: E402
 
 
 def collect_samples(profile, images: str, condition: str, seed: int, limit_per_class=None, allow_restricted=False,
@@ -106,8 +107,7 @@ def main(argv=None) -> int:
     print(f"change in simulated expected reward: {res['delta_expected_reward']:+.4f}")
     print(f"calibrated profile: {a.out}")
     if a.report:
-        Path(a.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.report).write_text(json.dumps(res, indent=2))
+        emit_json(res, a.report, echo=False)
     return 0
 
 

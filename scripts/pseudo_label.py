@@ -10,12 +10,13 @@ OUT/soft_labels.jsonl (file, prob, confidence, votes per model) and OUT/images/.
 """
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from natix_miner.ops.json_report import emit_json  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -48,11 +49,7 @@ def main(argv=None) -> int:
         rep = report_dict(pseudo_label(cfg, progress=not a.no_progress), cfg)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"pseudo_label: {e}") from None
-    text = json.dumps(rep, indent=2)
-    if a.report:
-        Path(a.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.report).write_text(text)
-    print(text)
+    emit_json(rep, a.report)
     return 0
 
 

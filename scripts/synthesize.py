@@ -12,11 +12,12 @@ See docs/data-recipe.md.
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from natix_miner.ops.json_report import emit_json  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,11 +63,7 @@ def main(argv=None) -> int:
     syn = Synthesizer(cfg)
     syn.prompts = make_prompt_source(a.caption_model, a.rewrite_model, device=syn.device)
     rep = report_dict(syn.run(reals, progress=not a.no_progress), cfg)
-    text = json.dumps(rep, indent=2)
-    if a.report:
-        Path(a.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.report).write_text(text)
-    print(text)
+    emit_json(rep, a.report)
     return 0 if rep["failed"] == 0 else 1
 
 
