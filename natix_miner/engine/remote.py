@@ -406,7 +406,6 @@ def make_remote_engine(url: str, profile: "Profile", fallback_profile: str | Non
         from natix_miner.engine.cascade import CascadeEngine
         from natix_miner.profile import load_profile
 
-        fp = load_profile(fallback_profile)
-        fp.deadline_s = profile.deadline_s
+        fp = load_profile(fallback_profile).replace(deadline_s=profile.deadline_s)  # profiles are frozen
         fallback = CascadeEngine(fp, allow_restricted=allow_restricted, devices=devices)
     return RemoteEngine(url, profile, fallback=fallback, options=options)
