@@ -46,7 +46,9 @@ if typing.TYPE_CHECKING:
     from natix_miner.neuron.recorder import Recorder
     from natix_miner.profile import Profile
 
-# A validator waits 9 s (docs/protocol.md §2.5); answer with this much left for the network and the axon.
+# A validator waits 9 s (docs/protocol.md §2.5; a synapse without a timeout gets that); answer with
+# RESPONSE_MARGIN_S left for the network and the axon.
+VALIDATOR_TIMEOUT_S = 9.0
 RESPONSE_MARGIN_S = 1.5
 # The hard cut: an engine call still running this long after the request's deadline is abandoned and the
 # fallback answered, so every accepted request is answered within deadline + HARD_CUT_GRACE_S of receipt
@@ -220,7 +222,7 @@ class Miner:
         now = time.monotonic()
         t0 = received_at if received_at is not None and received_at <= now else now
         self.stats.requests += 1
-        timeout = synapse.timeout if synapse.timeout and synapse.timeout > 0 else 9.0
+        timeout = synapse.timeout if synapse.timeout and synapse.timeout > 0 else VALIDATOR_TIMEOUT_S
         budget = max(0.2, min(self.deadline_s, float(timeout) - RESPONSE_MARGIN_S))
         deadline_at = t0 + budget
         exit_tier, exit_reason = None, "fallback"
