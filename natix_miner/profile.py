@@ -29,6 +29,9 @@ DEFAULT_PROFILE = REPO_ROOT / "configs" / "lite-cpu.yaml"
 # The validator's dendrite timeout is 9 s (docs/protocol.md §2.5): a deadline must leave room for the
 # network and the axon's own overhead.
 MAX_DEADLINE_S = 8.5
+# The defaults a profile gets when it does not say, and what the miner uses before a profile is loaded.
+DEFAULT_DEADLINE_S = 6.0
+DEFAULT_EPSILON = 1e-3
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
@@ -98,7 +101,7 @@ class ConsensusSpec(_Replace):
 class CalibrationSpec(_Replace):
     threshold: float = Field(0.5, gt=0.0, lt=1.0)  # decision threshold on the pooled probability; remapped to 0.5
     temperature: float = Field(1.0, gt=0.0)  # log-odds are divided by it after the shift
-    epsilon: float = Field(1e-3, gt=0.0, le=0.49)  # outputs are clamped to [epsilon, 1 - epsilon]
+    epsilon: float = Field(DEFAULT_EPSILON, gt=0.0, le=0.49)  # outputs are clamped to [epsilon, 1 - epsilon]
 
 
 @_frozen
@@ -118,7 +121,7 @@ class Profile(_Replace):
     name: str
     tiers: list[TierSpec]
     description: str = ""
-    deadline_s: float = Field(6.0, gt=0.0, le=MAX_DEADLINE_S)
+    deadline_s: float = Field(DEFAULT_DEADLINE_S, gt=0.0, le=MAX_DEADLINE_S)
     consensus: ConsensusSpec = field(default_factory=ConsensusSpec)
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     batching: BatchingSpec = field(default_factory=BatchingSpec)

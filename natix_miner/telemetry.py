@@ -40,7 +40,7 @@ from loguru import logger
 
 from natix_miner import scoring
 
-__all__ = ["Telemetry", "setup_logging", "validator_metrics", "binary_mcc"]
+__all__ = ["Telemetry", "setup_logging", "validator_metrics"]
 
 _STDERR_FORMAT = (
     "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <8}</level> | "
@@ -69,11 +69,6 @@ def setup_logging(level: str = "INFO", log_dir: str | None = None, rotation: str
 
 
 # ---------------------------------------------------------------------------------------------- scoring maths
-def binary_mcc(labels: list[int], preds: list[int]) -> float:
-    """Matthews correlation of two 0/1 sequences (sklearn's, via :func:`natix_miner.scoring.mcc`; 0 when undefined)."""
-    return scoring.mcc(labels, preds)
-
-
 def validator_metrics(predictions: list[float], labels: list[int]) -> dict[str, float]:
     """Accuracy and clipped MCC of one window, exactly as the validator's tracker computes them."""
     import numpy as np

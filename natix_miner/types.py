@@ -9,6 +9,8 @@ engine (see docs/architecture.md, "Layers").
   still fits, and adapters that budget their own work (the VLM thinking tier) read it.
 - :class:`Vote`: one model's opinion about one image (what ``Adapter.predict`` returns).
 - :class:`ModelVote`, :class:`CascadeResult`: what the engine answers for one image.
+- :class:`Engine`: what the neuron uses of an engine (``CascadeEngine`` in-process, ``RemoteEngine`` over
+  HTTP): both satisfy it structurally.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 
 class Deadline:
@@ -86,3 +88,27 @@ class CascadeResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class ResultLookup(Protocol):
+    """An engine's result cache as the neuron reads it (``engine.cache.ResultCache``)."""
+
+    def get(self, key: str | None) -> CascadeResult | None: ...
+
+
+class Engine(Protocol):
+    """The part of an engine the neuron uses (``CascadeEngine``, ``RemoteEngine``)."""
+
+    cache: ResultLookup
+
+    @property
+    def ready(self) -> bool: ...
+
+    def start(self) -> Any: ...
+
+    async def infer(self, image: Any, *, key: str | None = None,
+                    deadline: Deadline | None = None) -> CascadeResult: ...
+
+    def stats(self) -> dict: ...
+
+    def close(self) -> None: ...

@@ -174,7 +174,8 @@ def test_download_models_arguments():
 
 
 def test_download_models_artefacts_of_the_profiles(full):
-    dm = _script("download_models")
+    from natix_miner.ops import download_models as dm
+
     assets = frozenset({"yoloe-26x-seg.pt", "yoloe-11l-seg.pt"})
     by = {m.name: m for _, m in full.models(enabled_only=False)}
     arts = dm.artefacts_of("ultralytics", by["yolo26-x"].model, by["yolo26-x"].options, full, assets)
@@ -218,7 +219,8 @@ def test_download_models_offline_verification(tmp_path):
     ]}]}
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(prof))
-    dm = _script("download_models")
+    from natix_miner.ops import download_models as dm
+
     profile = load_profile(path)
     rows = {r.name: r for r in dm.verify(profile, dm.select(profile, None, False), device="cpu")}
     assert rows["tiny-probe"].status == "ok", rows["tiny-probe"].reason
@@ -230,9 +232,10 @@ def test_download_models_offline_verification(tmp_path):
     assert allowed["gated-one"].status == "missing"
     table = dm.format_table(rows.values())
     assert "tiny-probe" in table and "missing: 1" in table and "ok: 1" in table
-    # the CLI in verify-only mode: exit status 1 because one model is missing
-    assert dm.main(["--profile", str(path), "--verify-only", "--only", "tiny-probe", "not-cached"]) == 1
-    assert dm.main(["--profile", str(path), "--verify-only", "--only", "tiny-probe"]) == 0
+    # the CLI (scripts/download_models.py) in verify-only mode: exit status 1 because one model is missing
+    cli = _script("download_models")
+    assert cli.main(["--profile", str(path), "--verify-only", "--only", "tiny-probe", "not-cached"]) == 1
+    assert cli.main(["--profile", str(path), "--verify-only", "--only", "tiny-probe"]) == 0
 
 
 def test_export_tensorrt_dry_run(tmp_path, capsys):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from loguru import logger
 
-from natix_miner.telemetry import Telemetry, binary_mcc, setup_logging, validator_metrics
+from natix_miner.scoring import mcc
+from natix_miner.telemetry import Telemetry, setup_logging, validator_metrics
 
 
 # ------------------------------------------------------------------------------------------- reference
@@ -53,12 +54,12 @@ def test_validator_metrics_match_the_trackers_sklearn_maths():
             assert got["mcc"] == pytest.approx(ref["mcc"], abs=1e-12)
 
 
-def test_binary_mcc_known_values():
-    assert binary_mcc([0, 0, 1, 1], [0, 0, 1, 1]) == pytest.approx(1.0)
-    assert binary_mcc([0, 0, 1, 1], [1, 1, 0, 0]) == pytest.approx(-1.0)
-    assert binary_mcc([0, 1, 0, 1], [0, 0, 0, 0]) == 0.0  # undefined → 0
+def test_mcc_known_values():
+    assert mcc([0, 0, 1, 1], [0, 0, 1, 1]) == pytest.approx(1.0)
+    assert mcc([0, 0, 1, 1], [1, 1, 0, 0]) == pytest.approx(-1.0)
+    assert mcc([0, 1, 0, 1], [0, 0, 0, 0]) == 0.0  # undefined → 0
     # tp=2 tn=1 fp=1 fn=0: (2·1 − 1·0)/sqrt(3·2·2·1)
-    assert binary_mcc([1, 1, 0, 0], [1, 1, 1, 0]) == pytest.approx(2 / np.sqrt(12))
+    assert mcc([1, 1, 0, 0], [1, 1, 1, 0]) == pytest.approx(2 / np.sqrt(12))
 
 
 def test_validator_rules_half_rounds_down_one_class_mcc_zero_out_of_range_zeroes():

@@ -1,33 +1,32 @@
-"""The miner neuron: wallet, chain view, cascade engine and axon, wired together.
+"""The miner neuron's request handlers: forward, blacklist, priority, on parts built by the wiring.
 
-Life cycle (``Miner.run``): build the wallet and the chain view → check our hotkey is registered
-(exit with the ``btcli`` command otherwise) → load and warm up the engine (the axon only starts
-serving once models are ready) → start the axon (on a real chain also publish it with
-``serve_axon``) → resync the metagraph in a background thread → wait for SIGINT/SIGTERM → stop
+Life cycle (``Miner.run``, in :mod:`natix_miner.neuron.wiring`): build the wallet and the chain view →
+check our hotkey is registered (exit with the ``btcli`` command otherwise) → load and warm up the engine
+(the axon only starts serving once models are ready) → start the axon (on a real chain also publish it
+with ``serve_axon``) → resync the metagraph in a background thread → wait for SIGINT/SIGTERM → stop
 the axon and the engine within a few seconds.
 
 Request path (``forward``): decode the image in a worker thread (bounded, never on the event
 loop) → ``engine.infer`` (micro-batched, worker threads) under a hard deadline → a finite
 prediction in [ε, 1−ε], never exactly 0.5. Any failure yields the safe fallback answer instead
-of -1.
+of -1. The deadline and ε come from the profile (``natix_miner.profile`` defaults before one is loaded).
 
 No ``from __future__ import annotations`` here on purpose: bittensor's ``Axon.attach`` compares
 the blacklist/priority signatures, including their annotations, against real types.
 """
 
 import asyncio
-import signal
 import tempfile
 import threading
 import time
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from loguru import logger
 
 from natix_miner import __version__
 from natix_miner.engine.consensus import finalize
+from natix_miner.neuron import wiring
 from natix_miner.neuron.admission import CHEAP, Admission, SingleFlight
 from natix_miner.neuron.blacklist import (
     BlacklistPolicy,
@@ -36,21 +35,25 @@ from natix_miner.neuron.blacklist import (
     check_caller,
     has_validator_permit,
 )
-from natix_miner.neuron.chain import ChainSnapshot
+from natix_miner.neuron.chain import Chain, ChainSnapshot
 from natix_miner.neuron.config import MinerConfig
+from natix_miner.profile import DEFAULT_DEADLINE_S, DEFAULT_EPSILON
 from natix_miner.protocol import ExtendedImageSynapse, ImageSynapse
+from natix_miner.types import Engine
 
-# A validator waits 9 s (docs/protocol.md §2.5); answer with this much left for the network and the axon.
+if typing.TYPE_CHECKING:
+    from natix_miner.imaging import DecodeLimits
+    from natix_miner.neuron.recorder import Recorder
+    from natix_miner.profile import Profile
+
+# A validator waits 9 s (docs/protocol.md §2.5; a synapse without a timeout gets that); answer with
+# RESPONSE_MARGIN_S left for the network and the axon.
+VALIDATOR_TIMEOUT_S = 9.0
 RESPONSE_MARGIN_S = 1.5
 # The hard cut: an engine call still running this long after the request's deadline is abandoned and the
 # fallback answered, so every accepted request is answered within deadline + HARD_CUT_GRACE_S of receipt
 # (plus the event loop's own scheduling delay), far inside the validators' 9 s.
 HARD_CUT_GRACE_S = 0.25
-# Idle keep-alive of the axon's HTTP server. uvicorn's default (5 s) is shorter than the 15 s an aiohttp
-# client (the validators' dendrite) keeps an idle connection: a request sent on a connection the server is
-# just closing fails with "Server disconnected" / "Connection reset" (a -1). Longer than the client's, the
-# client always closes first and never reuses a connection the server has dropped.
-AXON_KEEP_ALIVE_S = 20
 # "no roadwork", never 0.5, only when nothing else can answer; finalize() is the engine's one rule for
 # safe wire values (finite, in [eps, 1 - eps], never exactly 0.5)
 FALLBACK_PREDICTION = finalize(None)
@@ -70,104 +73,67 @@ class MinerStats:
 
 
 class Miner:
-    def __init__(self, config: MinerConfig, *, engine: typing.Any = None, chain: typing.Any = None,
-                 wallet: typing.Any = None, telemetry: typing.Any = None):
+    """Answers the axon (forward, blacklist, priority); :mod:`natix_miner.neuron.wiring` builds and runs it.
+
+    ``engine``, ``chain``, ``wallet``, ``telemetry``: parts built elsewhere (tests, tools); what is None is
+    built by :meth:`setup` from ``config``."""
+
+    def __init__(self, config: MinerConfig, *, engine: typing.Optional[Engine] = None,
+                 chain: typing.Optional[Chain] = None, wallet: typing.Any = None, telemetry: typing.Any = None):
         self.config = config
-        self.engine = engine
-        self.chain = chain
-        self.wallet = wallet
-        self.telemetry = telemetry
-        self.axon: typing.Any = None
+        self.engine: typing.Optional[Engine] = engine
+        self.chain: typing.Optional[Chain] = chain
+        self.wallet = wallet  # a bittensor Wallet
+        self.telemetry = telemetry  # natix_miner.telemetry.Telemetry
+        self.profile: typing.Optional[Profile] = None  # the profile the miner built its engine from
+        self.decode_limits: typing.Optional[DecodeLimits] = None
+        self.axon: typing.Any = None  # a bittensor Axon
+        self.recorder: typing.Optional[Recorder] = None  # --record.dir
         self.snapshot: typing.Optional[ChainSnapshot] = None
         self.uid: typing.Optional[int] = None
         self.stats = MinerStats()
         self.policy = BlacklistPolicy(require_permit=config.require_permit, min_stake=config.min_stake)
-        self.rate_limiter = RateLimiter(getattr(config, "rate_limit", 0) or 0)
+        self.rate_limiter = RateLimiter(config.rate_limit or 0)
         # Requests in flight and deadline-aware admission: hard caps for callers without a validator
         # permit, degraded (cache / fallback) answers instead of 403 for validators (neuron/admission.py)
         self.admission = Admission(config.max_concurrent, config.max_concurrent_per_hotkey)
         self._flights = SingleFlight()
         self.ready = threading.Event()
         self._stop = threading.Event()
+        # owned by the wiring: the metagraph sync thread, the mock wallet's folder, the /health server
         self._sync_thread: typing.Optional[threading.Thread] = None
         self._tmpdir: typing.Optional[tempfile.TemporaryDirectory] = None
-        self._profile: typing.Any = None
-        self._decode_limits: typing.Any = None
         self._health: typing.Any = None
-        self.recorder: typing.Any = None  # --record.dir (natix_miner.neuron.recorder)
 
-    # ------------------------------------------------------------------------------ setup
-    def _make_wallet(self) -> typing.Any:
-        import bittensor as bt
+    @property
+    def deadline_s(self) -> float:
+        """The profile's answer deadline (its default before a profile is loaded)."""
+        return self.profile.deadline_s if self.profile is not None else DEFAULT_DEADLINE_S
 
-        cfg = self.config
-        if cfg.mock and not cfg.wallet_given:
-            self._tmpdir = tempfile.TemporaryDirectory(prefix="natix-mock-wallet-")
-            w = bt.Wallet(path=self._tmpdir.name, name="mock-miner", hotkey="default")
-            w.create_if_non_existent(coldkey_use_password=False, hotkey_use_password=False, suppress=True)
-            logger.info(f"mock: throwaway wallet in {self._tmpdir.name}")
-            return w
-        args = cfg.wallet_args()
-        w = bt.Wallet(**args)
-        hotkey_file = Path(args["path"]) / args["name"] / "hotkeys" / args["hotkey"]
-        if not hotkey_file.exists():
-            if cfg.mock:
-                w.create_if_non_existent(coldkey_use_password=False, hotkey_use_password=False, suppress=True)
-                logger.warning(f"mock: created wallet {args['name']}/{args['hotkey']} in {args['path']}")
-            else:
-                raise SystemExit(
-                    f"hotkey file {hotkey_file} not found. Create the wallet with:\n"
-                    f"  btcli wallet new_coldkey --wallet-name {args['name']} --wallet-path {args['path']}\n"
-                    f"  btcli wallet new_hotkey --wallet-name {args['name']} --hotkey {args['hotkey']} "
-                    f"--wallet-path {args['path']}"
-                )
-        return w
+    @property
+    def epsilon(self) -> float:
+        """Answers are clamped to [epsilon, 1 - epsilon] (the profile's calibration, else its default)."""
+        return self.profile.calibration.epsilon if self.profile is not None else DEFAULT_EPSILON
 
-    def _make_chain(self) -> typing.Any:
-        cfg = self.config
-        if cfg.mock:
-            from natix_miner.neuron.chain import LocalMockChain
+    # ------------------------------------------------------------------------------ life cycle (wiring.py)
+    def setup(self) -> None:
+        """Everything up to (not including) starting the axon. Raises SystemExit with a clear message."""
+        wiring.setup(self)
 
-            return LocalMockChain(cfg.netuid, self.wallet.hotkey.ss58_address, cfg.mock_validators,
-                                  cfg.mock_miners, cfg.mock_validator_stake)
-        from natix_miner.neuron.chain import SubtensorChain
+    def start(self) -> None:
+        """Start serving (after :meth:`setup`)."""
+        wiring.start(self)
 
-        return SubtensorChain(cfg.netuid, cfg.subtensor_network, cfg.subtensor_chain_endpoint)
+    def stop(self) -> None:
+        wiring.stop(self)
 
-    def _make_engine(self) -> typing.Any:
-        from natix_miner.engine.cascade import CascadeEngine
-        from natix_miner.profile import load_profile
-
-        self._profile = load_profile(self.config.profile)
-        if self.config.deadline_s is not None:  # profiles are frozen: overrides are validated copies
-            self._profile = self._profile.replace(deadline_s=self.config.deadline_s)
-        if self.config.no_cache:
-            self._profile = self._profile.replace(cache={"enabled": False})
-        if getattr(self.config, "engine_remote", None):
-            from natix_miner.engine.remote import make_remote_engine
-
-            return make_remote_engine(self.config.engine_remote, self._profile, self.config.engine_remote_fallback,
-                                      allow_restricted=self.config.allow_restricted, devices=self.config.devices())
-        return CascadeEngine(self._profile, allow_restricted=self.config.allow_restricted,
-                             devices=self.config.devices())
+    def run(self, status_interval: float = 60.0) -> None:
+        """Set up, serve until SIGINT/SIGTERM, then stop. Blocks."""
+        wiring.run(self, status_interval)
 
     def check_registered(self) -> None:
-        hotkey = self.wallet.hotkey.ss58_address
-        snap = self.chain.snapshot()
-        self.snapshot = snap
-        uid = snap.uid_of(hotkey)
-        if uid is None:
-            cfg = self.config
-            net = cfg.subtensor_network
-            raise SystemExit(
-                f"hotkey {hotkey} is not registered on netuid {cfg.netuid} ({net}). Register it first "
-                f"(this costs TAO; try testnet 323 with --subtensor.network test):\n"
-                f"  btcli subnets register --netuid {cfg.netuid} --wallet-name {self.wallet.name} "
-                f"--hotkey {self.wallet.hotkey_str} --network {net}"
-            )
-        self.uid = uid
-        logger.info(f"hotkey {hotkey} is uid {uid} on netuid {self.config.netuid} ({self.chain.network}), "
-                    f"{snap.n} neurons, {sum(snap.validator_permit)} with validator permit")
+        """Our uid from a fresh snapshot; SystemExit with the btcli command when not registered."""
+        self.snapshot, self.uid = wiring.check_registered(self.config, self.wallet, self.chain)
 
     def status(self) -> dict:
         """What /health and /stats report."""
@@ -178,7 +144,7 @@ class Miner:
             "hotkey": self.wallet.hotkey.ss58_address if self.wallet is not None else None,
             "netuid": self.config.netuid,
             "network": getattr(self.chain, "network", None),
-            "profile": getattr(self._profile, "name", None),
+            "profile": getattr(self.profile, "name", None),
             "version": __version__,
             "uptime_s": round(time.time() - s.started_at, 1),
             "requests": s.requests,
@@ -204,57 +170,6 @@ class Miner:
         # a remote engine answering from its fallback (service down or slow) is degraded, not down
         out["degraded"] = bool(getattr(self.engine, "degraded", False))
         return out
-
-    def setup(self) -> None:
-        """Everything up to (not including) starting the axon. Raises SystemExit with a clear message."""
-        from natix_miner.imaging import DecodeLimits
-
-        if self.config.health_port:
-            from natix_miner.neuron.health import HealthServer
-
-            self._health = HealthServer(self.config.health_host, self.config.health_port, self.status).start()
-
-        if self.config.mock:
-            from natix_miner.neuron.offline import disable_external_ip_lookup
-
-            disable_external_ip_lookup("127.0.0.1")
-        self._decode_limits = DecodeLimits()
-        from natix_miner.imaging import warmup as imaging_warmup
-
-        imaging_warmup()
-        if self.wallet is None:
-            self.wallet = self._make_wallet()
-        if self.chain is None:
-            self.chain = self._make_chain()
-        self.check_registered()
-        if self.engine is None:
-            self.engine = self._make_engine()
-        t0 = time.monotonic()
-        self.engine.start()
-        logger.info(f"engine ready in {time.monotonic() - t0:.1f} s")
-        if getattr(self.config, "record_dir", None):
-            from natix_miner.neuron.recorder import Recorder
-
-            self.recorder = Recorder(self.config.record_dir, self.config.record_max_gb).start()
-        self.axon = self._make_axon()
-
-    def _make_axon(self) -> typing.Any:
-        import bittensor as bt
-
-        cfg = self.config
-        ip = "127.0.0.1" if cfg.mock else cfg.axon_ip
-        external_ip = cfg.axon_external_ip or ("127.0.0.1" if cfg.mock else None)
-        axon = bt.Axon(wallet=self.wallet, port=cfg.axon_port, ip=ip, external_ip=external_ip,
-                       external_port=cfg.axon_external_port, max_workers=cfg.axon_max_workers)
-        axon.fast_config.timeout_keep_alive = AXON_KEEP_ALIVE_S
-        if cfg.mock:
-            axon.fast_config.host = "127.0.0.1"  # loopback only
-        elif ip in ("[::]", "::"):
-            axon.fast_config.host = "::"
-        axon.attach(forward_fn=self.forward, blacklist_fn=self.blacklist, priority_fn=self.priority)
-        axon.attach(forward_fn=self.forward_extended, blacklist_fn=self.blacklist_extended,
-                    priority_fn=self.priority_extended)
-        return axon
 
     # ------------------------------------------------------------------------------ axon handlers
     def blacklist(self, synapse: ImageSynapse) -> typing.Tuple[bool, str]:
@@ -307,9 +222,8 @@ class Miner:
         now = time.monotonic()
         t0 = received_at if received_at is not None and received_at <= now else now
         self.stats.requests += 1
-        timeout = synapse.timeout if synapse.timeout and synapse.timeout > 0 else 9.0
-        deadline_s = self._profile.deadline_s if self._profile is not None else 6.0
-        budget = max(0.2, min(deadline_s, float(timeout) - RESPONSE_MARGIN_S))
+        timeout = synapse.timeout if synapse.timeout and synapse.timeout > 0 else VALIDATOR_TIMEOUT_S
+        budget = max(0.2, min(self.deadline_s, float(timeout) - RESPONSE_MARGIN_S))
         deadline_at = t0 + budget
         exit_tier, exit_reason = None, "fallback"
         prediction = FALLBACK_PREDICTION
@@ -320,7 +234,7 @@ class Miner:
 
             try:
                 decoded = await asyncio.wait_for(
-                    asyncio.to_thread(decode_b64_image, synapse.image, self._decode_limits),
+                    asyncio.to_thread(decode_b64_image, synapse.image, self.decode_limits),
                     timeout=max(0.05, deadline_at - time.monotonic()),
                 )
             except ImageDecodeError as e:
@@ -337,14 +251,13 @@ class Miner:
             logger.warning(f"request overran its {budget:.2f} s budget; answering the fallback")
         except Exception as e:  # the miner must answer whatever happens
             logger.exception(f"forward failed: {type(e).__name__}: {e}; answering the fallback")
-        eps = self._profile.calibration.epsilon if self._profile is not None else 1e-3
-        prediction = finalize(prediction, eps)
+        prediction = finalize(prediction, self.epsilon)
         if exit_reason == "fallback":
             self.stats.fallbacks += 1
         synapse.prediction = prediction
         synapse.confidence = confidence if confidence is not None else max(prediction, 1 - prediction)
         synapse.exit_tier = exit_tier
-        synapse.model_version = f"natix-miner {__version__} / {getattr(self._profile, 'name', 'custom')}"
+        synapse.model_version = f"natix-miner {__version__} / {getattr(self.profile, 'name', 'custom')}"
         latency_ms = (time.monotonic() - t0) * 1000.0
         self.stats.answered += 1
         self.stats.last_latency_ms = latency_ms
@@ -417,97 +330,3 @@ class Miner:
                 votes={v.model: v.p for v in getattr(result, "votes", None) or []}, latency_ms=latency_ms))
         except Exception as e:
             logger.debug(f"recording skipped: {e}")
-
-    # ------------------------------------------------------------------------------ run loop
-    def _sync_loop(self) -> None:
-        interval = max(1.0, float(self.config.sync_interval))
-        while not self._stop.wait(interval):
-            try:
-                snap = self.chain.snapshot()
-                self.snapshot = snap
-                uid = snap.uid_of(self.wallet.hotkey.ss58_address)
-                if uid is None:
-                    logger.error("our hotkey is no longer registered (deregistered?); validators will not "
-                                 "query this miner until it is registered again")
-                elif uid != self.uid:
-                    logger.warning(f"our uid changed {self.uid} -> {uid}")
-                    self.uid = uid
-            except Exception as e:  # keep serving on the last good snapshot
-                logger.warning(f"metagraph sync failed ({type(e).__name__}: {e}); keeping the last snapshot")
-
-    def start(self) -> None:
-        """Start serving (after :meth:`setup`)."""
-        if not self.config.mock:
-            try:
-                self.chain.serve_axon(self.axon)
-                logger.info(f"axon published on chain: {self.axon.external_ip}:{self.axon.external_port}")
-            except Exception as e:
-                logger.error(f"serve_axon failed ({e}); validators only query axons published on chain")
-        self.axon.start()
-        # Axon.start() returns before uvicorn listens: wait so "ready" means "accepting requests".
-        t0 = time.monotonic()
-        while not getattr(self.axon.fast_server, "started", True):
-            if time.monotonic() - t0 > 30:
-                raise RuntimeError(f"axon did not start listening on port {self.axon.port} within 30 s "
-                                   "(port in use?)")
-            time.sleep(0.01)
-        self.ready.set()
-        logger.info(f"axon serving on {self.axon.fast_config.host}:{self.axon.port} "
-                    f"(hotkey {self.wallet.hotkey.ss58_address}); ready")
-        self._sync_thread = threading.Thread(target=self._sync_loop, name="metagraph-sync", daemon=True)
-        self._sync_thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.ready.clear()
-        if self.axon is not None:
-            try:
-                self.axon.stop()
-            except Exception as e:
-                logger.warning(f"axon stop: {e}")
-        if self.engine is not None:
-            try:
-                self.engine.close()
-            except Exception as e:
-                logger.warning(f"engine close: {e}")
-        if self.recorder is not None:
-            self.recorder.close()
-        if self._health is not None:
-            try:
-                self._health.stop()
-            except Exception:
-                pass
-            self._health = None
-        if self.telemetry is not None:
-            try:
-                self.telemetry.close()
-            except Exception:
-                pass
-        if self._tmpdir is not None:
-            self._tmpdir.cleanup()
-            self._tmpdir = None
-        logger.info("miner stopped")
-
-    def run(self, status_interval: float = 60.0) -> None:
-        """Set up, serve until SIGINT/SIGTERM, then stop. Blocks."""
-        def _on_signal(signum, _frame):
-            logger.info(f"signal {signal.Signals(signum).name}: stopping")
-            self._stop.set()
-
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, _on_signal)
-            signal.signal(signal.SIGTERM, _on_signal)
-        self.setup()
-        try:
-            self.start()
-            last = time.monotonic()
-            while not self._stop.wait(0.5):
-                if time.monotonic() - last >= status_interval:
-                    last = time.monotonic()
-                    s = self.stats
-                    logger.info(f"status: uid {self.uid} requests {s.requests} answered {s.answered} "
-                                f"fallbacks {s.fallbacks} decode_errors {s.decode_errors} "
-                                f"rate_limited {s.rate_limited} busy_refused {s.busy_refused} degraded {s.degraded} "
-                                f"last_latency {s.last_latency_ms:.0f} ms")
-        finally:
-            self.stop()

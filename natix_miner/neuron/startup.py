@@ -83,9 +83,11 @@ def chain_error_message(cfg: MinerConfig, error: BaseException) -> str:
 
 def connect_chain(miner: Any) -> None:
     """Build ``miner.chain`` and check our registration; one-line :class:`StartupError` on failure."""
+    from natix_miner.neuron import wiring
+
     cfg = miner.config
     try:
-        miner.chain = miner._make_chain()
+        miner.chain = wiring.make_chain(cfg, miner.wallet.hotkey.ss58_address)
         miner.check_registered()
     except SystemExit as e:  # not registered: Miner.check_registered's message with the btcli command
         raise StartupError(str(e.code).replace("\n", " ")) from None
@@ -94,8 +96,10 @@ def connect_chain(miner: Any) -> None:
 
 
 def make_wallet(miner: Any) -> None:
+    from natix_miner.neuron import wiring
+
     try:
-        miner.wallet = miner._make_wallet()
+        miner.wallet, miner._tmpdir = wiring.make_wallet(miner.config)
     except SystemExit as e:
         raise StartupError(str(e.code).replace("\n", " ").replace("  ", " ")) from None
     except Exception as e:  # noqa: BLE001 - a corrupt or encrypted key file

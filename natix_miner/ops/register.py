@@ -217,7 +217,7 @@ def build_parser():
                    help="seconds between status polls")
     p.add_argument("--timeout", type=float, default=float(os.environ.get("TIMEOUT_SECONDS", TIMEOUT_S)),
                    help="give up polling after this many seconds")
-    p.add_argument("--dry-run", action="store_true", help="print the signed request (URL + JSON) and send nothing")
+    p.add_argument("--dry-run", action="store_true", help="print the signed request (URL + JSON) and whether its signature verifies; send nothing")
     return p
 
 
@@ -240,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     payload = build_payload(a.uid, keypair, repo, participant_type=a.participant_type)
     if a.dry_run:
         print(json.dumps({"method": "POST", "url": register_url(a.base_url), "json": payload,
-                          "status_url": status_url(a.base_url, a.uid)}, indent=2))
+                          "status_url": status_url(a.base_url, a.uid),
+                          "signature_verifies": verify_payload(payload)}, indent=2))
         return 0
     print(f"uid {a.uid}, hotkey {payload['natix_public_key']}, timestamp {payload['message']}, model repo {repo}")
     res = register(a.base_url, payload, interval=a.interval, timeout=a.timeout)

@@ -50,7 +50,7 @@ from natix_miner.validator.challenges import (
     iter_challenges,
 )
 from natix_miner.validator.organic import ORGANIC_CONDITION, PeerModel, consensus_label, summarize_organic
-from natix_miner.validator.scoring import MinerPerformanceTracker, ScoreVector, reward
+from natix_miner.validator.scoring import MinerPerformanceTracker, ScoreVector, get_rewards, reward
 
 DEFAULT_TIMEOUT_S = 9.0
 DEFAULT_BURST = 10
@@ -379,7 +379,8 @@ async def run_mock_validator_async(
                 else:
                     resps = await query(dendrite, axon_info, ch.image_b64, timeout=timeout, n_copies=burst)
                     scored = ch.label
-                    rewards = [reward(r.prediction, ch.label, uid, hotkey, tracker) for r in resps]
+                    rewards = get_rewards(ch.label, [r.prediction for r in resps], [uid] * len(resps),
+                                          [hotkey] * len(resps), tracker).tolist()
                 scores.update([uid] * len(rewards), rewards)
                 for k, (r, rw) in enumerate(zip(resps, rewards)):
                     rec = {"challenge": ci, "copy": k, "condition": ORGANIC_CONDITION if organic else cond,

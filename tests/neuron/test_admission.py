@@ -241,7 +241,7 @@ def test_deadline_counts_from_the_blacklist_step_not_from_forward(tmp_path, monk
         syn = ImageSynapse(image=_b64((230, 20, 20)))
         syn.dendrite.hotkey, syn.dendrite.nonce = "5Val", 42
         out = asyncio.run(m.forward(syn))
-        budget = min(m._profile.deadline_s, syn.timeout - 1.5)
+        budget = min(m.profile.deadline_s, syn.timeout - 1.5)
         assert seen == [pytest.approx(admitted_at + budget, abs=1e-6)]
         assert out.prediction == pytest.approx(0.4999) and m.admission.inflight == 0
     finally:

@@ -136,9 +136,8 @@ def test_help_is_fast_and_imports_no_heavy_library():
 
 
 def test_engine_flags_reach_the_profile(fake_profile_path):
-    from natix_miner.neuron.miner import Miner
+    from natix_miner.neuron import wiring
 
     cfg = parse_config(["--profile", str(fake_profile_path), "--engine.no_cache", "--engine.deadline_s", "2.5"])
-    m = Miner(cfg)
-    engine = m._make_engine()
+    engine = wiring.make_engine(cfg, wiring.miner_profile(cfg))
     assert engine.profile.cache.enabled is False and engine.profile.deadline_s == 2.5

@@ -1,6 +1,7 @@
 import pytest
 
 from _helpers import make_wallet
+from natix_miner.neuron import wiring
 from natix_miner.neuron.chain import ChainSnapshot, snapshot_from_metagraph
 from natix_miner.neuron.config import parse_config
 from natix_miner.neuron.miner import Miner
@@ -31,9 +32,8 @@ def test_unregistered_hotkey_stops_with_the_btcli_command(tmp_path):
 
 def test_missing_wallet_on_a_real_chain_says_how_to_create_it(tmp_path):
     cfg = parse_config(["--wallet.path", str(tmp_path), "--wallet.name", "nope", "--wandb.off"])
-    m = Miner(cfg)
     with pytest.raises(SystemExit, match="btcli wallet new_coldkey"):
-        m._make_wallet()
+        wiring.make_wallet(cfg)
 
 
 def test_snapshot_from_a_numpy_metagraph():

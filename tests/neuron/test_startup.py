@@ -99,9 +99,9 @@ class _ChainWithoutUs:
 
 
 def test_unregistered_hotkey_is_a_config_error(wallet, capsys, monkeypatch):
-    from natix_miner.neuron.miner import Miner
+    from natix_miner.neuron import wiring
 
-    monkeypatch.setattr(Miner, "_make_chain", lambda self: _ChainWithoutUs())
+    monkeypatch.setattr(wiring, "make_chain", lambda cfg, hotkey: _ChainWithoutUs())
     rc = M.main([*wallet, "--netuid", "323", "--subtensor.network", "test"])
     lines = error_lines(capsys.readouterr().err)
     assert rc == CONFIG_EXIT_CODE and len(lines) == 1

@@ -78,6 +78,7 @@ def test_dry_run_prints_a_verifiable_signed_request(wallet, capsys):
     assert out["method"] == "POST"
     assert out["url"] == "https://hydra.natix.network/participants/register"
     assert out["status_url"] == "https://hydra.natix.network/participants/registration-status/17"
+    assert out["signature_verifies"] is True  # checked the way the server checks it (verify_payload)
     p = out["json"]
     assert list(p) == ["uid", "message", "natix_public_key", "natix_signature", "type", "model_repo"]
     assert all(isinstance(v, str) for v in p.values())

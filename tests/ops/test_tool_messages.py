@@ -31,7 +31,8 @@ def test_download_models_says_no_network_once(tmp_path, capsys):
     """Several hub models and no network: one 'no network' line, no attempt per model, all marked missing."""
     import yaml
 
-    dm = _script("download_models")
+    from natix_miner.ops import download_models as dm
+
     models = [{"name": f"m{i}", "type": "zero_shot", "licence": "MIT", "model": f"natix-test/not-real-{i}"}
               for i in range(7)]
     path = tmp_path / "p.yaml"
@@ -50,7 +51,8 @@ def test_download_models_says_no_network_once(tmp_path, capsys):
 def test_download_models_stops_after_a_network_error(tmp_path, capsys, monkeypatch):
     import yaml
 
-    dm = _script("download_models")
+    from natix_miner.ops import download_models as dm
+
     models = [{"name": f"m{i}", "type": "zero_shot", "licence": "MIT", "model": f"natix-test/not-real-{i}"}
               for i in range(3)]
     path = tmp_path / "p.yaml"

@@ -31,7 +31,9 @@ def test_bench_gpu_runs_every_model_tiny_on_cpu(tmp_path):
     assert rc == 0
     rep = json.loads(out.read_text())
     assert rep["errors"] == {}
-    assert set(rep["models"]) == set(bench.MODELS)
+    from natix_miner.ops.bench_gpu import MODELS
+
+    assert set(rep["models"]) == set(MODELS)
     assert rep["tiny"] is True and rep["device"].startswith("cpu")
     for name, m in rep["models"].items():
         assert m["params_m"] > 0, name

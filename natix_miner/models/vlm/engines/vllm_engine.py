@@ -25,6 +25,9 @@ of the vision LoRA, default ``<model>/vision-lora`` when it exists), ``prompt_fo
 (``literal`` | ``template``; default: template for InternVL, literal otherwise), ``seed``,
 ``load_timeout_s`` (default 1200), ``engine_args`` (a dict passed to ``vllm.LLM`` last, for
 anything else).
+
+Request building and output parsing (sampling kwargs, prompt dicts, ``RequestOutput`` → logprobs / text)
+live in :mod:`natix_miner.models.vlm.engines.vllm_requests` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -41,9 +44,16 @@ from typing import Any, Sequence
 from loguru import logger
 
 from natix_miner.models.base import AdapterError
-from natix_miner.models.vlm.engines.base import Generation, VLMEngine, warmup_images
-from natix_miner.models.vlm.prompts import Prompt, prompts_for, render_prompt
-from natix_miner.models.vlm.yesno import merge_logprobs
+from natix_miner.models.vlm.engines.base import VLMEngine, warmup_images
+from natix_miner.models.vlm.engines.vllm_requests import (  # noqa: F401 - re-exported
+    build_requests,
+    generate_sampling_kwargs,
+    parse_generation_output,
+    parse_yes_no_output,
+    use_template,
+    yes_no_sampling_kwargs,
+)
+from natix_miner.models.vlm.prompts import prompts_for
 
 #: vLLM engines start one at a time (see module docstring)
 _START_LOCK = threading.Lock()
@@ -159,71 +169,6 @@ def vision_lora_path(model: str, family: str, options: dict[str, Any]) -> str | 
         if cand.is_dir():
             return str(cand)
     return None
-
-
-def yes_no_sampling_kwargs(top_k: int) -> dict[str, Any]:
-    """``SamplingParams`` for the one-token answer: greedy, top-k logprobs."""
-    return {"max_tokens": 1, "temperature": 0.0, "logprobs": int(top_k), "detokenize": True}
-
-
-def generate_sampling_kwargs(max_tokens: int, stop: Sequence[str] = ()) -> dict[str, Any]:
-    """``SamplingParams`` for the reasoning step: greedy, hard cap, stop strings."""
-    kw: dict[str, Any] = {"max_tokens": int(max_tokens), "temperature": 0.0}
-    if stop:
-        kw["stop"] = list(stop)
-        kw["include_stop_str_in_output"] = False
-    return kw
-
-
-def use_template(family: str, options: dict[str, Any]) -> bool:
-    fmt = options.get("prompt_format")
-    if fmt is None:
-        return family == "internvl"
-    if fmt not in ("literal", "template"):
-        raise AdapterError(f"options.prompt_format must be literal or template, got {fmt!r}")
-    return fmt == "template"
-
-
-def build_requests(prompts: Sequence[Prompt], images: Sequence[Any],
-                   template_owner: Any = None) -> list[dict[str, Any]]:
-    """vLLM prompt dicts: rendered text + the image as ``multi_modal_data``."""
-    return [{"prompt": render_prompt(p, template_owner), "multi_modal_data": {"image": im}}
-            for p, im in zip(prompts, images)]
-
-
-def _token_text(token_id: Any, lp: Any) -> str:
-    text = getattr(lp, "decoded_token", None)
-    return text if isinstance(text, str) else f"<id:{token_id}>"
-
-
-def parse_yes_no_output(request_output: Any) -> dict[str, float] | None:
-    """``{token text: logprob}`` of the first generated token of a vLLM ``RequestOutput``."""
-    try:
-        comp = request_output.outputs[0]
-        first = comp.logprobs[0]
-    except (AttributeError, IndexError, TypeError):
-        return None
-    if not first:
-        return None
-    pairs = []
-    for tid, lp in first.items():
-        val = getattr(lp, "logprob", lp)
-        try:
-            pairs.append((_token_text(tid, lp), float(val)))
-        except (TypeError, ValueError):
-            continue
-    return merge_logprobs(pairs) or None
-
-
-def parse_generation_output(request_output: Any) -> Generation | None:
-    try:
-        comp = request_output.outputs[0]
-    except (AttributeError, IndexError, TypeError):
-        return None
-    reason = getattr(comp, "finish_reason", None) or "stop"
-    n = len(getattr(comp, "token_ids", None) or [])
-    return Generation(text=getattr(comp, "text", "") or "", finish_reason="length" if reason == "length" else "stop",
-                      n_tokens=n)
 
 
 # ------------------------------------------------------------------------------ worker process

@@ -59,6 +59,9 @@ chunks), which ``max_b64_chars`` bounds. Measured on a 2-core CPU (``/tmp/bench_
 ``decode_b64_image(encode_jpeg_b64(...))``): 224×224 0.2 ms, 1920×1080 14–18 ms, 4032×3024 57–86 ms,
 7744×7744 (60 MP, the limit) 352–406 ms. The first decode in a process also imports Pillow's plugins
 (~19 ms): call :func:`warmup` at start-up.
+
+Modules: this one (base64, open, load, the truncated-file retry, EXIF, encode), :mod:`.guards` (the limits,
+the error class and the cost checks of steps 2–3), :mod:`.colour` (step 6, :func:`to_rgb`).
 """
 
 from __future__ import annotations
@@ -71,6 +74,17 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from natix_miner.imaging.colour import to_rgb
+from natix_miner.imaging.guards import (
+    DecodeLimits,
+    ImageDecodeError,
+    check_jpeg_scans,
+    check_size,
+    check_tiles,
+    is_flat,
+    looks_truncated,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image as _PILImage
@@ -94,37 +108,8 @@ DENIED_FORMATS: frozenset[str] = frozenset({"EPS"})
 _WHITESPACE = b" \t\r\n\v\f"
 _URLSAFE_TO_STD = bytes.maketrans(b"-_", b"+/")
 _JPEG_SOI = b"\xff\xd8"
-_JPEG_SOS = b"\xff\xda"
 _JPEG_EOI = b"\xff\xd9"
 _TRUNCATED_FLAG_LOCK = threading.Lock()
-_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
-_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
-
-
-@dataclass(frozen=True)
-class DecodeLimits:
-    """Bounds on what one request may cost. Defaults fit full-resolution camera frames."""
-
-    max_b64_chars: int = 40_000_000  # ~30 MB of file; base64 characters, whitespace not counted
-    max_pixels: int = 60_000_000  # W × H, checked from the header before any pixel is decoded
-    max_side: int = 20_000
-    min_side: int = 1
-    max_jpeg_scans: int = 100  # SOS markers in a JPEG file (progressive JPEGs have ~10; thumbnails add a few)
-    max_tile_overdraw: int = 8  # sum of decoder tile areas ≤ this × W × H (planar TIFF: one layer per band)
-
-
-class ImageDecodeError(ValueError):
-    """The request's image cannot be used. ``reason`` is a short machine code:
-
-    ``bad_type``, ``empty``, ``too_large_b64``, ``bad_base64``, ``not_an_image``, ``too_many_pixels``,
-    ``side_too_large``, ``side_too_small``, ``too_much_work``, ``truncated``, ``unsupported_mode``,
-    ``out_of_memory``, ``decode_failed``.
-    """
-
-    def __init__(self, reason: str, message: str = ""):
-        self.reason = reason
-        self.message = message or reason
-        super().__init__(f"{reason}: {self.message}")
 
 
 @dataclass
@@ -281,9 +266,7 @@ def _decode_image_bytes(raw: bytes, limits: DecodeLimits) -> DecodedImage:
     sha = hashlib.sha256(raw).hexdigest()
     is_jpeg = raw[:2] == _JPEG_SOI
     if is_jpeg:
-        scans = raw.count(_JPEG_SOS)  # an upper bound: FF DA cannot occur inside entropy-coded data
-        if scans > limits.max_jpeg_scans:
-            raise ImageDecodeError("too_much_work", f"JPEG with {scans} scans > {limits.max_jpeg_scans}")
+        check_jpeg_scans(raw, limits)
     notes: list[str] = []
     formats = _allowed_formats()
     im = _open_checked(raw, formats, limits)
@@ -297,7 +280,7 @@ def _decode_image_bytes(raw: bytes, limits: DecodeLimits) -> DecodedImage:
         raise
     except Exception as first:
         im = _load_damaged(raw, formats, limits, first, is_jpeg, notes)
-    _check_size(im.size, limits)  # a few plugins (ICO, draft modes) settle the size only on load
+    check_size(im.size, limits)  # a few plugins (ICO, draft modes) settle the size only on load
     im = _apply_exif_orientation(im, notes)
     im = to_rgb(im, notes)
     return DecodedImage(image=im, sha256=sha, format=fmt, original_mode=original_mode,
@@ -321,54 +304,23 @@ def _open_checked(raw: bytes, formats: list[str], limits: DecodeLimits):
             return _open_checked(raw, _allowed_formats(), limits)
         raise ImageDecodeError("decode_failed", "an image plugin could not import its backend") from None
     except Exception as e:  # a plugin recognised the header but choked on it
-        reason = "truncated" if _looks_truncated(e) else "decode_failed"
+        reason = "truncated" if looks_truncated(e) else "decode_failed"
         raise ImageDecodeError(reason, f"cannot open: {type(e).__name__}: {e}") from None
-    _check_size(im.size, limits)
-    _check_tiles(im, limits)
+    check_size(im.size, limits)
+    check_tiles(im, limits)
     return im
-
-
-def _check_size(size: tuple[int, int], limits: DecodeLimits) -> None:
-    w, h = int(size[0]), int(size[1])
-    if w < limits.min_side or h < limits.min_side:
-        raise ImageDecodeError("side_too_small", f"{w}×{h} has a side < {limits.min_side}")
-    if w > limits.max_side or h > limits.max_side:
-        raise ImageDecodeError("side_too_large", f"{w}×{h} has a side > {limits.max_side}")
-    if w * h > limits.max_pixels:
-        raise ImageDecodeError("too_many_pixels", f"{w}×{h} = {w * h} pixels > {limits.max_pixels}")
-
-
-def _check_tiles(im, limits: DecodeLimits) -> None:
-    tiles = getattr(im, "tile", None) or []
-    budget = limits.max_tile_overdraw * max(1, im.size[0] * im.size[1])
-    area = 0
-    for tile in tiles:
-        try:
-            x0, y0, x1, y1 = tile[1]
-            area += max(0, x1 - x0) * max(0, y1 - y0)
-        except Exception:
-            continue
-        if area > budget:
-            raise ImageDecodeError(
-                "too_much_work", f"{len(tiles)} decoder tiles cover more than {limits.max_tile_overdraw}× the image"
-            )
-
-
-def _looks_truncated(e: BaseException) -> bool:
-    msg = str(e).lower()
-    return any(k in msg for k in ("truncat", "incomplete", "premature", "not enough data", "buffer is not large"))
 
 
 def _load_damaged(raw: bytes, formats: list[str], limits: DecodeLimits, first: Exception, is_jpeg: bool,
                   notes: list[str]):
     """Second (and last) attempt for a file whose ``load()`` failed. See "Truncated files" in the module doc."""
-    truncated = _looks_truncated(first) or (is_jpeg and not raw.rstrip(b"\x00").endswith(_JPEG_EOI))
+    truncated = looks_truncated(first) or (is_jpeg and not raw.rstrip(b"\x00").endswith(_JPEG_EOI))
     what = "truncated" if truncated else f"damaged ({type(first).__name__}: {first})"
     if is_jpeg:
         try:
             im = _open_checked(raw + _JPEG_EOI, formats, limits)
             im.load()
-            if not _is_flat(im):
+            if not is_flat(im):
                 notes.append(f"{what} file loaded partially (EOI appended)")
                 return im
         except ImageDecodeError as e:
@@ -396,23 +348,13 @@ def _load_damaged(raw: bytes, formats: list[str], limits: DecodeLimits, first: E
             im = None
         finally:
             ImageFile.LOAD_TRUNCATED_IMAGES = previous
-    if im is not None and _is_flat(im):
+    if im is not None and is_flat(im):
         im = None  # nothing but the background colour came out: no pixel data survived
     if im is None:
         reason = "truncated" if truncated else "decode_failed"
         raise ImageDecodeError(reason, f"cannot decode: {type(first).__name__}: {first}")
     notes.append(f"{what} file loaded partially")
     return im
-
-
-def _is_flat(im) -> bool:
-    """True when every band holds a single value (what a partial load with no surviving pixel data gives)."""
-    try:
-        ext = im.getextrema()
-    except Exception:
-        return False
-    bands = ext if isinstance(ext[0], tuple) else (ext,)
-    return all(lo == hi for lo, hi in bands)
 
 
 def _apply_exif_orientation(im, notes: list[str]):
@@ -431,96 +373,6 @@ def _apply_exif_orientation(im, notes: list[str]):
     except Exception as e:
         notes.append(f"exif transpose failed ({type(e).__name__}), orientation ignored")
     return im
-
-
-# ---------------------------------------------------------------------------------------------- colour
-def to_rgb(im, notes: list[str] | None = None):
-    """Any Pillow mode → 8-bit RGB. Appends what it did to ``notes``.
-
-    * Alpha (RGBA, LA, PA, RGBa, La, or a ``transparency`` entry on P/L/RGB/1/I*) is composited on white; a
-      fully opaque alpha is just dropped.
-    * ``I;16*`` (16-bit): ``round(v / 257)``, so 0 → 0 and 65535 → 255.
-    * ``I`` (32-bit int): kept if all values lie in 0–255, scaled like 16-bit if they lie in 0–65535, else
-      stretched linearly from [min, max] to [0, 255].
-    * ``F`` (float): ×255 if all values lie in [0, 1], kept if in [0, 255], else stretched; NaN → 0.
-    * Everything else goes through ``Image.convert("RGB")``; a mode Pillow cannot convert is
-      ``unsupported_mode``.
-    """
-    from PIL import Image
-
-    notes = notes if notes is not None else []
-    mode = im.mode
-    if mode == "RGB":
-        return im
-    transparency = im.info.get("transparency") if hasattr(im, "info") else None
-    if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
-        im, alpha = _high_depth_to_l(im, transparency, notes)
-        if alpha is not None:
-            return _composite_on_white(Image.merge("LA", (im, alpha)), notes)
-        return im.convert("RGB")
-    if mode in _ALPHA_MODES or transparency is not None:
-        try:
-            rgba = im.convert("RGBA")
-        except Exception as e:
-            raise ImageDecodeError("unsupported_mode", f"cannot convert {mode} to RGBA: {e}") from None
-        return _composite_on_white(rgba, notes)
-    try:
-        out = im.convert("RGB")
-    except Exception as e:
-        raise ImageDecodeError("unsupported_mode", f"cannot convert {mode} to RGB: {e}") from None
-    if mode not in ("L", "1", "P"):
-        notes.append(f"converted {mode} to RGB")
-    return out
-
-
-def _composite_on_white(im, notes: list[str]):
-    from PIL import Image
-
-    alpha = im.getchannel("A")
-    lo, hi = alpha.getextrema()
-    if lo == 255:
-        return im.convert("RGB")
-    base = Image.new("RGB", im.size, (255, 255, 255))
-    base.paste(im.convert("RGB"), mask=alpha)
-    notes.append("alpha composited on white")
-    return base
-
-
-def _high_depth_to_l(im, transparency, notes: list[str]):
-    """16/32-bit integer or float single-channel image → (8-bit L image, alpha or None)."""
-    import numpy as np
-    from PIL import Image
-
-    arr = np.asarray(im)
-    alpha = None
-    if isinstance(transparency, int) and im.mode != "F":
-        mask = arr != transparency
-        if not mask.all():
-            alpha = Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), "L")
-    if im.mode in _SIXTEEN_BIT_MODES:
-        out = ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-        notes.append(f"16-bit {im.mode} scaled to 8-bit")
-    else:
-        a = arr.astype(np.float64)
-        if im.mode == "F":
-            a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
-        lo = float(a.min()) if a.size else 0.0
-        hi = float(a.max()) if a.size else 0.0
-        if im.mode == "F" and lo >= 0.0 and hi <= 1.0:
-            out = np.round(a * 255.0)
-            how = "×255"
-        elif lo >= 0.0 and hi <= 255.0:
-            out = np.round(a)
-            how = "kept"
-        elif im.mode == "I" and lo >= 0.0 and hi <= 65535.0:
-            out = np.round(a / 257.0)
-            how = "/257"
-        else:
-            out = np.round((a - lo) * (255.0 / (hi - lo))) if hi > lo else np.zeros_like(a)
-            how = f"stretched from [{lo:g}, {hi:g}]"
-        out = np.clip(out, 0, 255).astype(np.uint8)
-        notes.append(f"{im.mode} values {how} to 8-bit")
-    return Image.fromarray(np.ascontiguousarray(out), "L"), alpha
 
 
 def warmup() -> None:
