@@ -13,6 +13,12 @@ train_head cache) so that the threshold rule is not the difference.
     HF_HUB_OFFLINE=1 nice -n 10 .venv/bin/python scripts/experiments/lite0_finetune_cv.py \\
         --data /work/shared/data/gtsdb-dev --out reports/lite0-finetune-cv --image-size 224 --epochs 6
 
+Diagnostics and variants: ``--freeze-backbone`` (only the head learns), ``--lp-epochs N`` (LP-FT: a linear probe
+on the frozen backbone first, its scores replayed through the same folds and threshold rule as ``linear_probe``
+in the report, then the fine-tune starts from that head), ``--freeze-blocks N`` (stem and the first N stages keep
+their weights and BN statistics), ``--score-train`` (AUC of each fold's model on its own training images: a model
+that cannot rank its training set points to a pipeline bug, not to overfitting).
+
 Writes ``OUT/report.json`` (per fold thresholds and timings, pooled metrics per view, per source).
 """
 
@@ -47,6 +53,15 @@ def parse_args(argv=None):
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--layer-decay", type=float, default=0.75)
     ap.add_argument("--ema", type=float, default=0.0)
+    ap.add_argument("--freeze-backbone", action="store_true", help="only the classifier learns (sanity run)")
+    ap.add_argument("--freeze-blocks", type=int, default=0,
+                    help="partial fine-tune: stem and the first N blocks frozen (weights and BN statistics)")
+    ap.add_argument("--lp-epochs", type=int, default=0,
+                    help="LP-FT: first train only the head (frozen backbone) for N epochs at --lp-lr, then fine-tune")
+    ap.add_argument("--lp-lr", type=float, default=5e-3)
+    ap.add_argument("--lp-crops", action="store_true", help="score the linear probe on the crops too (slower)")
+    ap.add_argument("--score-train", action="store_true",
+                    help="also log AUC on each fold's own training images (full frames, eval mode)")
     ap.add_argument("--conditions", default="fullres=0.5,aug-2026-01=0.5")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
@@ -107,7 +122,7 @@ def views_from_224(path, samples, size: int):
     return out
 
 
-def finetune_fit_predict(args, views_of, arrays, log):
+def finetune_fit_predict(args, views_of, arrays, log, lp_outputs):
     import numpy as np
     import torch
 
@@ -122,18 +137,10 @@ def finetune_fit_predict(args, views_of, arrays, log):
                   best_threshold=metrics.best_threshold, evaluate_scores=metrics.evaluate_scores,
                   unreadable=(data.ImageUnreadable,))
 
-    def fit_predict(train, sets):
-        t0 = time.perf_counter()
-        cfg = TrainConfig(data=list(args.data), model=args.model, out=tempfile.mkdtemp(prefix="ft-"),
-                          epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
-                          conditions=args.conditions, device="cpu", lr=args.lr,
-                          layer_decay=args.layer_decay if args.layer_decay < 1 else None,
-                          ema=args.ema or None, workers=args.workers, seed=args.seed, val_frac=0.0, test_frac=0.0)
-        model = build_model(args.model, image_size=args.image_size)
-        res = fit(cfg, model, train, [], Path(cfg.out), api, DistEnv.from_env(), "cpu")
-        model.load_state_dict(res.best_state)
+    def score_sets(model, sets, full_only=False):
+        """Scores of every view of every sample of each set (eval mode; the cached model inputs)."""
+        was = model.training
         model.eval()
-        t_fit = time.perf_counter() - t0
         mean = torch.tensor(model.mean).view(1, 3, 1, 1)
         std = torch.tensor(model.std).view(1, 3, 1, 1)
         out = []
@@ -141,6 +148,8 @@ def finetune_fit_predict(args, views_of, arrays, log):
             rows, kinds, keys = [], [], []
             for i, s in enumerate(part):
                 for v in views_of[s.key]:
+                    if full_only and v != "full":
+                        continue
                     rows.append(i)
                     kinds.append("full" if v == "full" else "crop")
                     keys.append((s.key, v))
@@ -151,12 +160,71 @@ def finetune_fit_predict(args, views_of, arrays, log):
                     x = (x.float() / 255.0 - mean) / std
                     scores += torch.sigmoid(model(x).float()).tolist()
             out.append(ViewScores(rows, kinds, scores))
-        log.append({"n_train": len(train), "fit_s": round(t_fit, 1), "total_s": round(time.perf_counter() - t0, 1),
-                    "steps": res.step, "final_loss": res.history[-1].get("loss") if res.history else None})
+        model.train(was)
+        return out
+
+    def fit_predict(train, sets):
+        t0 = time.perf_counter()
+        cfg = TrainConfig(data=list(args.data), model=args.model, out=tempfile.mkdtemp(prefix="ft-"),
+                          epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
+                          conditions=args.conditions, device="cpu", lr=args.lr,
+                          layer_decay=args.layer_decay if args.layer_decay < 1 else None,
+                          ema=args.ema or None, workers=args.workers, seed=args.seed, val_frac=0.0, test_frac=0.0,
+                          freeze_backbone=args.freeze_backbone)
+        model = build_model(args.model, image_size=args.image_size)
+        if args.lp_epochs:  # linear probe first: the fine-tune then starts from a fitted head, not a random one
+            lp = cfg.model_copy(update={"epochs": args.lp_epochs, "lr": args.lp_lr, "freeze_backbone": True,
+                                        "ema": None, "out": tempfile.mkdtemp(prefix="lp-")})
+            model.load_state_dict(fit(lp, model, train, [], Path(lp.out), api, DistEnv.from_env(),
+                                      "cpu").best_state)
+            lp_outputs.append(score_sets(model, sets, full_only=not args.lp_crops))
+            model.frozen = False
+            for q in model.parameters():
+                q.requires_grad_(True)
+        if args.freeze_blocks:
+            freeze_first_blocks(model, args.freeze_blocks)
+        res = fit(cfg, model, train, [], Path(cfg.out), api, DistEnv.from_env(), "cpu")
+        model.load_state_dict(res.best_state)
+        model.eval()
+        t_fit = time.perf_counter() - t0
+        mean = torch.tensor(model.mean).view(1, 3, 1, 1)
+        std = torch.tensor(model.std).view(1, 3, 1, 1)
+        out = score_sets(model, sets)
+        entry = {"n_train": len(train), "fit_s": round(t_fit, 1), "total_s": round(time.perf_counter() - t0, 1),
+                 "steps": res.step, "final_loss": next((h["loss"] for h in reversed(res.history) if "loss" in h),
+                                                       None)}
+        if args.score_train:  # can the model rank its own training images at all? (chance here = a bug)
+            from sklearn.metrics import roc_auc_score
+
+            keys = [(s.key, "full") for s in train]
+            with torch.inference_mode():
+                x = torch.from_numpy(np.stack([arrays[k] for k in keys])).permute(0, 3, 1, 2)
+                p = torch.cat([torch.sigmoid(model((x[b:b + 32].float() / 255.0 - mean) / std).float())
+                               for b in range(0, len(keys), 32)]).tolist()
+            entry["train_auc_full"] = round(float(roc_auc_score([s.label for s in train], p)), 4)
+        log.append(entry)
         print(json.dumps(log[-1]), flush=True)
         return out
 
     return fit_predict
+
+
+def freeze_first_blocks(model, n: int) -> None:
+    """Stem and ``blocks[:n]`` of a timm EfficientNet stop learning and keep their BN statistics (eval mode)."""
+    net = model.net
+    frozen = [net.conv_stem, net.bn1, *list(net.blocks)[:n]]
+    for m in frozen:
+        for p in m.parameters():
+            p.requires_grad_(False)
+    cls_train = type(model).train
+
+    def train(mode: bool = True):
+        cls_train(model, mode)
+        for m in frozen:
+            m.eval()
+        return model
+
+    model.train = train
 
 
 def main(argv=None):
@@ -195,7 +263,8 @@ def main(argv=None):
 
     todo = samples
     log: list[dict] = []
-    fp = finetune_fit_predict(args, views_of, arrays, log)
+    lp_outputs: list = []
+    fp = finetune_fit_predict(args, views_of, arrays, log, lp_outputs)
     if args.max_folds:
         calls = {"n": 0}
         inner = fp
@@ -211,16 +280,22 @@ def main(argv=None):
                     holdout_frac=args.holdout_frac)
     report["finetune"] = {**res.report(todo), "by_view": mean_metrics([_rows_report(todo, r, 0.5) for r in res.runs]),
                           "folds_log": log}
+    if lp_outputs:  # the linear probe (LP stage) replayed through the same folds and threshold rule
+        replay = iter(lp_outputs)
+        lres = nested_cv(todo, lambda train, sets: next(replay), folds=args.folds, repeats=args.repeats,
+                         seed=args.seed, inner="holdout", holdout_frac=args.holdout_frac)
+        report["linear_probe"] = {**lres.report(todo), "by_view": mean_metrics(
+            [_rows_report(todo, r, 0.5) for r in lres.runs])}
     if args.head_too:
         report["head_same_protocol"] = head_same_protocol(args, samples, views_of, sha1)
     report["total_s"] = round(time.perf_counter() - t0, 1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
-    for name in ("finetune", "head_same_protocol"):
+    for name in ("finetune", "linear_probe", "head_same_protocol"):
         if name in report:
             m = report[name]["by_view"]["all"]
-            print(name, json.dumps({k: {x: m[k].get(x) for x in ("mcc_balanced", "mcc_balanced_sd", "auc", "mcc",
+            print(name, json.dumps({k: {x: (m.get(k) or {}).get(x) for x in ("mcc_balanced", "mcc_balanced_sd", "auc", "mcc",
                                                                   "tpr", "tnr")} for k in ("full", "crop")}))
     return report
 
