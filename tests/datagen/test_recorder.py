@@ -1,6 +1,5 @@
 """Request recording (--record.dir): unit tests of the writer, then through a real bt.Axon + bt.Dendrite."""
 
-import asyncio
 import base64
 import hashlib
 import io
@@ -9,7 +8,7 @@ import os
 
 import numpy as np
 import pytest
-from _helpers import FAKE_COLOR_PROFILE, free_port, make_wallet
+from _helpers import FAKE_COLOR_PROFILE, query_miner, start_mock_miner
 from PIL import Image
 
 from natix_miner.neuron.recorder import GB, Recorder, RecordItem, sniff_ext
@@ -135,36 +134,7 @@ def test_config_flags_default_off():
 
 # ---------------------------------------------------------------------------------------------- real axon
 def _miner(tmp, record_dir, max_gb):
-    from natix_miner.neuron.config import parse_config
-    from natix_miner.neuron.miner import Miner
-
-    prof = tmp / "fake.yaml"
-    prof.write_text(FAKE_COLOR_PROFILE)
-    make_wallet(tmp, "miner")
-    val = make_wallet(tmp, "validator")
-    cfg = parse_config(["--mock", "--mock.validators", val.hotkey.ss58_address, "--axon.port", str(free_port()),
-                        "--wallet.path", str(tmp), "--wallet.name", "miner", "--profile", str(prof), "--wandb.off",
-                        "--record.dir", str(record_dir), "--record.max_gb", repr(max_gb)])
-    m = Miner(cfg)
-    m.setup()
-    m.start()
-    return m, val
-
-
-def _query(wallet, miner, b64s):
-    import bittensor as bt
-
-    from natix_miner.protocol import ImageSynapse
-
-    async def go():
-        d = bt.Dendrite(wallet=wallet)
-        try:
-            return await asyncio.gather(*[d(axons=[miner.axon.info()], synapse=ImageSynapse(image=b),
-                                            deserialize=False, timeout=9.0) for b in b64s])
-        finally:
-            await d.aclose_session()
-
-    return [r[0] for r in asyncio.run(go())]
+    return start_mock_miner(tmp, FAKE_COLOR_PROFILE, "--record.dir", str(record_dir), "--record.max_gb", repr(max_gb))
 
 
 def test_recording_through_a_real_axon(tmp_path):
@@ -174,7 +144,7 @@ def test_recording_through_a_real_axon(tmp_path):
     m, val = _miner(tmp_path, rec_dir, cap_bytes / GB)
     try:
         red = base64.b64encode(raws[0]).decode()
-        rs = _query(val, m, [red] * 3)  # a burst with the same image
+        rs = query_miner(val, m, [red] * 3)  # a burst with the same image
         assert [r.dendrite.status_code for r in rs] == [200] * 3
         m.recorder.flush()
         sha0 = hashlib.sha256(raws[0]).hexdigest()
@@ -184,7 +154,7 @@ def test_recording_through_a_real_axon(tmp_path):
         assert lines[0]["hotkey"] == val.hotkey.ss58_address
         assert abs(lines[0]["prediction"] - rs[0].prediction) < 1e-9 and "color" in lines[0]["votes"]
         for raw in raws[1:]:  # more distinct images than the cap holds
-            assert _query(val, m, [base64.b64encode(raw).decode()])[0].dendrite.status_code == 200
+            assert query_miner(val, m, [base64.b64encode(raw).decode()])[0].dendrite.status_code == 200
         m.recorder.flush()
         on_disk = sum(p.stat().st_size for p in rec_dir.rglob("*") if p.is_file())
         assert on_disk <= cap_bytes and m.recorder.stats.evicted > 0
@@ -210,12 +180,12 @@ def test_unwritable_record_dir_does_not_break_answering(tmp_path):
         red = Image.new("RGB", (64, 64), (230, 20, 20))
         buf = io.BytesIO()
         red.save(buf, format="JPEG")
-        rs = _query(val, m, [base64.b64encode(buf.getvalue()).decode()] * 4 + [base64.b64encode(_png(3)).decode()])
+        rs = query_miner(val, m, [base64.b64encode(buf.getvalue()).decode()] * 4 + [base64.b64encode(_png(3)).decode()])
         assert [r.dendrite.status_code for r in rs] == [200] * 5
         assert all(r.prediction > 0.5 for r in rs[:4])
         m.recorder.flush()
         assert m.recorder.enabled is False and m.status()["recording"]["disabled"]
-        again = _query(val, m, [base64.b64encode(buf.getvalue()).decode()])[0]
+        again = query_miner(val, m, [base64.b64encode(buf.getvalue()).decode()])[0]
         assert again.dendrite.status_code == 200 and again.prediction > 0.5
     finally:
         if os.geteuid() != 0:

@@ -1,7 +1,6 @@
 """A profile with VLM tiers, end to end inside the miner: a fake tier 1, a tiny random Qwen2-VL through
 the transformers engine, and a remote VLM through the openai engine against a fake endpoint on loopback."""
 
-import asyncio
 import base64
 import importlib.util
 import io
@@ -11,10 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from _helpers import free_port, make_wallet
-from natix_miner.neuron.config import parse_config
-from natix_miner.neuron.miner import Miner
-from natix_miner.protocol import ImageSynapse
+from _helpers import query_miner, start_mock_miner
 
 _spec = importlib.util.spec_from_file_location(
     "vlm_fake_server", Path(__file__).resolve().parent.parent / "models" / "vlm" / "test_vlm_openai.py")
@@ -45,36 +41,16 @@ def vlm_miner(tmp_path_factory):
                              "request_timeout_s": 2.0, "health_interval_s": 0}}]},
         ],
     }
-    prof = tmp / "vlm.yaml"
-    prof.write_text(yaml.safe_dump(profile))
-    make_wallet(tmp, "miner")
-    val = make_wallet(tmp, "validator")
-    cfg = parse_config(["--mock", "--mock.validators", val.hotkey.ss58_address, "--wallet.path", str(tmp),
-                        "--wallet.name", "miner", "--profile", str(prof), "--wandb.off",
-                        "--axon.port", str(free_port())])
-    m = Miner(cfg)
-    m.setup()
-    m.start()
+    m, val = start_mock_miner(tmp, yaml.safe_dump(profile))
     yield m, val, server
     m.stop()
     server.close()
 
 
 def _ask(miner, wallet, colour):
-    import bittensor as bt
-
     buf = io.BytesIO()
     Image.new("RGB", (224, 224), colour).save(buf, format="JPEG")
-
-    async def go():
-        d = bt.Dendrite(wallet=wallet)
-        try:
-            return (await d(axons=[miner.axon.info()], synapse=ImageSynapse(image=base64.b64encode(buf.getvalue()).decode()),
-                            deserialize=False, timeout=9.0))[0]
-        finally:
-            await d.aclose_session()
-
-    return asyncio.run(go())
+    return query_miner(wallet, miner, [base64.b64encode(buf.getvalue()).decode()])[0]
 
 
 def test_all_vlm_tiers_run_and_the_remote_vote_decides(vlm_miner):

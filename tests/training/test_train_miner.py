@@ -1,18 +1,14 @@
 """A training export served by the miner: ``neurons/miner.py --mock`` with a timm_classifier tier."""
 
-import asyncio
 import base64
 import io
 
 import pytest
 import torch
 import yaml
-from _helpers import free_port, make_wallet
+from _helpers import query_miner, start_mock_miner
 from PIL import Image
 
-from natix_miner.neuron.config import parse_config
-from natix_miner.neuron.miner import Miner
-from natix_miner.protocol import ImageSynapse
 
 
 @pytest.fixture(scope="module")
@@ -30,35 +26,16 @@ def served(tmp_path_factory):
     snippet = yaml.safe_load(profile_snippet(folder))  # the printed snippet is the profile
     profile = {"name": "finetune-e2e", "deadline_s": 6.0, **snippet}
     profile["tiers"][0]["models"][0]["device"] = "cpu"
-    prof = tmp / "ft.yaml"
-    prof.write_text(yaml.safe_dump(profile))
-    make_wallet(tmp, "miner")
-    val = make_wallet(tmp, "validator")
-    cfg = parse_config(["--mock", "--mock.validators", val.hotkey.ss58_address, "--wallet.path", str(tmp),
-                        "--wallet.name", "miner", "--profile", str(prof), "--wandb.off",
-                        "--axon.port", str(free_port())])
-    miner = Miner(cfg)
-    miner.setup()
-    miner.start()
+    miner, val = start_mock_miner(tmp, yaml.safe_dump(profile))
     yield miner, val, folder
     miner.stop()
 
 
 def _ask(miner, wallet, image):
-    import bittensor as bt
-
     buf = io.BytesIO()
     image.save(buf, format="JPEG")
-
-    async def go():
-        d = bt.Dendrite(wallet=wallet)
-        try:
-            syn = ImageSynapse(image=base64.b64encode(buf.getvalue()).decode())
-            return (await d(axons=[miner.axon.info()], synapse=syn, deserialize=False, timeout=9.0))[0]
-        finally:
-            await d.aclose_session()
-
-    return asyncio.run(go()), Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    resp = query_miner(wallet, miner, [base64.b64encode(buf.getvalue()).decode()])[0]
+    return resp, Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
 @pytest.mark.slow
