@@ -29,22 +29,14 @@ DEFAULT_IMAGES = ROOT / "natix_miner" / "assets" / "samples"
 
 
 def main(argv=None) -> int:
+    from natix_miner.validator.options import add_replica_args
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--challenges", type=int, default=60, help="challenges per condition")
     ap.add_argument("--images", default=str(DEFAULT_IMAGES),
                     help="folder with roadwork/ and no_roadwork/ (default: the shipped GTSDB sample)")
     ap.add_argument("--profile", default=None, help="engine profile (default: configs/lite-cpu.yaml)")
-    ap.add_argument("--synthetic", action="append", default=[],
-                    help="synthetic folder with the same layout (repeat: two folders = i2i and t2i)")
-    ap.add_argument("--api-images", default=None,
-                    help="folder with roadwork/ and no_roadwork/ for the api third of the challenges (skipped without)")
-    ap.add_argument("--condition", default="both",
-                    choices=["aug-2026-01", "letterbox-2026-04", "fullres", "both", "all"],
-                    help="both (default) = aug-2026-01 + fullres; all = the three")
-    ap.add_argument("--organic-share", type=float, default=0.0,
-                    help="share of steps scored by peer consensus (upstream's dormant organic path); 0 = off")
-    ap.add_argument("--peer-accuracy", type=float, default=0.8, help="accuracy of the simulated peers")
-    ap.add_argument("--burst", type=int, default=10, help="identical concurrent copies per challenge (a lone miner gets 10)")
+    add_replica_args(ap, condition_default="both")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--report", default=str(ROOT / "reports" / "dry_run.json"))
     ap.add_argument("--wandb", action="store_true", help="let the miner log to wandb (offline mode)")
@@ -104,7 +96,7 @@ def main(argv=None) -> int:
         report = run_mock_validator(
             host="127.0.0.1", port=port, miner_hotkey=miner_w.hotkey.ss58_address, wallet=val_w,
             source=source, n_challenges=a.challenges, conditions=a.condition, burst=a.burst, seed=a.seed,
-            progress=a.progress, organic_share=a.organic_share, peers=PeerModel(accuracy=a.peer_accuracy),
+            progress=a.progress, organic_share=a.organic_share, peers=PeerModel(n_peers=a.peers, accuracy=a.peer_accuracy),
         )
     finally:
         shutdown_s = mp.stop()

@@ -80,24 +80,14 @@ def log_to_wandb(report, a) -> None:
 
 
 def main(argv=None) -> int:
+    from natix_miner.validator.options import add_replica_args
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--axon", required=True, help="HOST:PORT of the miner's axon")
     ap.add_argument("--hotkey", required=True, help="the miner's hotkey (ss58); the axon only answers requests addressed to it")
     ap.add_argument("--images", required=True, help="folder with roadwork/ and no_roadwork/ subfolders")
-    ap.add_argument("--synthetic", action="append", default=[],
-                    help="synthetic folder with the same layout (repeat: two folders = i2i and t2i)")
-    ap.add_argument("--api-images", default=None,
-                    help="folder with roadwork/ and no_roadwork/ standing in for NATIX's api tasks (a third of the "
-                         "challenges); without it those challenges are skipped")
+    add_replica_args(ap, condition_default="aug-2026-01")
     ap.add_argument("--challenges", type=int, default=20, help="challenges per condition")
-    ap.add_argument("--condition", default="aug-2026-01",
-                    choices=["aug-2026-01", "letterbox-2026-04", "fullres", "both", "all"],
-                    help="both = aug-2026-01 + fullres; all = the three")
-    ap.add_argument("--organic-share", type=float, default=0.0,
-                    help="share of steps scored by peer consensus (upstream's dormant organic path); 0 = off")
-    ap.add_argument("--peers", type=int, default=9, help="simulated other miners of an organic query")
-    ap.add_argument("--peer-accuracy", type=float, default=0.8, help="their accuracy on the true label")
-    ap.add_argument("--burst", type=int, default=10, help="identical concurrent copies per challenge")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--timeout", type=float, default=9.0, help="dendrite timeout in seconds (validators: 9)")
     ap.add_argument("--sleep", type=float, default=0.0, help="seconds between challenges (validators: 60)")
