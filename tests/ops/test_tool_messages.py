@@ -27,18 +27,22 @@ def test_export_tensorrt_hints_to_download_first(tmp_path, capsys):
     assert f"scripts/download_models.py --profile {path} --only det" in out and "download them first" in out
 
 
-def test_download_models_says_no_network_once(tmp_path, capsys):
-    """Several hub models and no network: one 'no network' line, no attempt per model, all marked missing."""
+def _hub_profile(tmp_path, n: int):
+    """A profile of ``n`` hub models that do not exist."""
     import yaml
 
+    models = [{"name": f"m{i}", "type": "zero_shot", "licence": "MIT", "model": f"natix-test/not-real-{i}"}
+              for i in range(n)]
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"name": "net", "tiers": [{"name": "t", "exit_threshold": 0.9, "models": models}]}))
+    return load_profile(path)
+
+
+def test_download_models_says_no_network_once(tmp_path, capsys):
+    """Several hub models and no network: one 'no network' line, no attempt per model, all marked missing."""
     from natix_miner.ops import download_models as dm
 
-    models = [{"name": f"m{i}", "type": "zero_shot", "licence": "MIT", "model": f"natix-test/not-real-{i}"}
-              for i in range(7)]
-    path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump({"name": "net", "tiers": [{"name": "t", "exit_threshold": 0.9,
-                                                               "models": models}]}))
-    profile = load_profile(path)
+    profile = _hub_profile(tmp_path, 7)
     probes = []
     rows = dm.download(profile, dm.select(profile, None, False), False,
                        reachable=lambda host: probes.append(host) or False)
@@ -49,16 +53,9 @@ def test_download_models_says_no_network_once(tmp_path, capsys):
 
 
 def test_download_models_stops_after_a_network_error(tmp_path, capsys, monkeypatch):
-    import yaml
-
     from natix_miner.ops import download_models as dm
 
-    models = [{"name": f"m{i}", "type": "zero_shot", "licence": "MIT", "model": f"natix-test/not-real-{i}"}
-              for i in range(3)]
-    path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump({"name": "net", "tiers": [{"name": "t", "exit_threshold": 0.9,
-                                                               "models": models}]}))
-    profile = load_profile(path)
+    profile = _hub_profile(tmp_path, 3)
     calls = []
 
     def fail(art):
